@@ -1,0 +1,8 @@
+"""Backbones, task models and named sizes."""
+
+from tfllm.models.bert import BertBackbone
+from tfllm.models.gpt import GPTBackbone
+from tfllm.models.presets import PRESETS
+from tfllm.models.tasks import CausalLM, MaskedLM
+
+__all__ = ["PRESETS", "BertBackbone", "CausalLM", "GPTBackbone", "MaskedLM"]
