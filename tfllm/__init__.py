@@ -16,7 +16,7 @@ if keras.backend.backend() != "tensorflow":
         f"Received: KERAS_BACKEND={keras.backend.backend()!r}"
     )
 
-from tfllm import layers, models  # noqa: E402
+from tfllm import assets, layers, models  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["layers", "models", "__version__"]
+__all__ = ["assets", "layers", "models", "__version__"]
