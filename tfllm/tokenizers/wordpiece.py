@@ -1,0 +1,124 @@
+"""BERT WordPiece on tensorflow-text's FastBertTokenizer (normalization + split + pieces)."""
+
+import json
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+import tensorflow_text as tf_text
+
+from tfllm.tokenizers.base import Tokenizer, read_lines
+
+
+@keras.saving.register_keras_serializable(package="tfllm")
+class WordPieceTokenizer(Tokenizer):
+    """BERT-compatible WordPiece, in the graph.
+
+    Basic tokenization as BERT's: whitespace and punctuation split, each CJK character a
+    word, control characters dropped; then greedy longest-match pieces (`##` marks pieces
+    that continue a word). Ids equal Hugging Face's `BertWordPieceTokenizer` on the same
+    vocabulary.
+
+    Args:
+        vocabulary: list of tokens (index = id) or path of a `vocab.txt`.
+        lowercase: lowercase the input.
+        strip_accents: remove accents (NFD, drop combining marks); `None` follows
+            `lowercase`, as in BERT.
+        suffix_indicator: prefix of word-continuing pieces.
+        unknown_token: token for words that cannot be pieced; must be in the vocabulary.
+        max_bytes_per_word: longer words become `unknown_token`.
+
+    Special token ids (`None` when absent): `cls_token_id`, `sep_token_id`,
+    `pad_token_id`, `mask_token_id`, `unk_token_id`.
+
+    Example:
+    >>> tokenizer = WordPieceTokenizer(["[UNK]", "hello", "world", "##s"])
+    >>> tokenizer.tokenize("Hello worlds")
+    <tf.Tensor: shape=(3,), dtype=int32, numpy=array([1, 2, 3], dtype=int32)>
+    """
+
+    def __init__(
+        self,
+        vocabulary,
+        lowercase: bool = True,
+        strip_accents: bool | None = None,
+        suffix_indicator: str = "##",
+        unknown_token: str = "[UNK]",
+        max_bytes_per_word: int = 100,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if isinstance(vocabulary, (str, Path)):
+            vocabulary = read_lines(vocabulary, "vocabulary")
+        self._set_vocabulary(vocabulary)
+        if unknown_token not in self._token_ids:
+            raise ValueError(
+                f"`unknown_token` {unknown_token!r} must be in the vocabulary "
+                f"({len(self.vocabulary)} tokens)."
+            )
+        self.lowercase = lowercase
+        self.strip_accents = strip_accents
+        self.suffix_indicator = suffix_indicator
+        self.unknown_token = unknown_token
+        self.max_bytes_per_word = max_bytes_per_word
+        self.unk_token_id = self._token_ids[unknown_token]
+        self.cls_token_id = self._optional_id("[CLS]")
+        self.sep_token_id = self._optional_id("[SEP]")
+        self.pad_token_id = self._optional_id("[PAD]")
+        self.mask_token_id = self._optional_id("[MASK]")
+        strip = lowercase if strip_accents is None else strip_accents
+        # FastBertTokenizer fuses "lowercase + NFD + strip accents" into one flag; other
+        # combinations normalize first with string ops.
+        self._fused_normalization = lowercase and strip
+        self._lowercase_only = lowercase and not strip
+        self._strip_only = strip and not lowercase
+        self._tokenizer = tf_text.FastBertTokenizer(
+            vocab=self.vocabulary,
+            suffix_indicator=suffix_indicator,
+            max_bytes_per_word=max_bytes_per_word,
+            token_out_type=tf.int32,
+            unknown_token=unknown_token,
+            support_detokenization=True,
+            lower_case_nfd_strip_accents=self._fused_normalization,
+        )
+
+    def _tokenize(self, strings):
+        if self._lowercase_only:
+            strings = tf.strings.lower(strings, encoding="utf-8")
+        elif self._strip_only:
+            strings = tf_text.normalize_utf8(strings, "NFD")
+            strings = tf.strings.regex_replace(strings, r"\p{Mn}", "")
+        return self._tokenizer.tokenize(strings)
+
+    def _detokenize(self, ids):
+        """Pieces joined into words, words joined by single spaces (BERT has no spacing)."""
+        return self._tokenizer.detokenize(ids)
+
+    def word_start_mask(self) -> list[bool]:
+        """For each id: does the token start a word (not a `##` continuation)?"""
+        return [not t.startswith(self.suffix_indicator) for t in self.vocabulary]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            vocabulary=self.vocabulary,
+            lowercase=self.lowercase,
+            strip_accents=self.strip_accents,
+            suffix_indicator=self.suffix_indicator,
+            unknown_token=self.unknown_token,
+            max_bytes_per_word=self.max_bytes_per_word,
+        )
+        return config
+
+    @classmethod
+    def from_huggingface(cls, path) -> "WordPieceTokenizer":
+        """Loads `vocab.txt` (and casing from `tokenizer_config.json`) of a HF folder."""
+        folder = Path(path)
+        config_file = folder / "tokenizer_config.json"
+        config = json.loads(config_file.read_text()) if config_file.exists() else {}
+        return cls(
+            folder / "vocab.txt",
+            lowercase=config.get("do_lower_case", True),
+            strip_accents=config.get("strip_accents"),
+            unknown_token=config.get("unk_token", "[UNK]"),
+        )
