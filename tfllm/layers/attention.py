@@ -148,6 +148,8 @@ class MultiHeadAttention(keras.layers.Layer):
                 f"hidden_dim={hidden_dim}, num_heads={self.num_heads}"
             )
         self._head_size = self.head_dim or hidden_dim // self.num_heads
+        # Later calls with another rank fail with a ValueError, not in a reshape.
+        self.input_spec = keras.InputSpec(ndim=3, axes={-1: hidden_dim})
         projection = dict(
             use_bias=self.use_bias,
             kernel_initializer=self.kernel_initializer,
@@ -183,7 +185,7 @@ class MultiHeadAttention(keras.layers.Layer):
         if cache is not None:
             if cache_update_index is None:
                 raise ValueError("`cache_update_index` is required when `cache` is given.")
-            if len(cache.shape) != 5 or tuple(cache.shape[-2:]) != (k, h):
+            if len(cache.shape) != 5 or cache.shape[1] != 2 or tuple(cache.shape[-2:]) != (k, h):
                 raise ValueError(
                     f"`cache` must have shape (batch, 2, max_length, {k}, {h}). "
                     f"Received: shape {tuple(cache.shape)}"
