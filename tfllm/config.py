@@ -1,0 +1,206 @@
+"""`RunConfig`: everything one run needs, frozen, from a JSON file plus `--key=value` overrides.
+
+Unknown keys, wrong types and contradictory values fail when the config is made, not hours
+into training.
+
+Example:
+>>> config = RunConfig.load("configs/gpt_tiny.json", ["--learning_rate=3e-4", "--steps=200"])
+>>> config.save("runs/demo/config.json")
+"""
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+
+TASKS = ("causal_lm", "masked_lm", "bert_pretraining")
+TOKENIZERS = ("wordpiece", "bpe", "sentencepiece")
+DATA_FORMATS = ("text", "jsonl", "tfrecord")
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+OPTIMIZERS = ("adamw", "lamb")
+SCHEDULES = ("linear", "cosine", "constant")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """One training run. Field names follow the keras-hub vocabulary.
+
+    Model: `task`, `model` (a `tfllm.models.PRESETS` name), `model_overrides` (constructor
+    kwargs over the preset), `sequence_length`.
+    Data: `train_files` / `validation_files` (globs), `data_format`, `tokenizer` kind,
+    `tokenizer_path` (existing vocabulary folder; empty: train one of `vocabulary_size`
+    on the training files), `shuffle_buffer`, `validation_steps`.
+    Optimisation: `batch_size` (global), `steps`, `optimizer`, `learning_rate`,
+    `warmup_steps`, `schedule`, `end_learning_rate_ratio`, `weight_decay`, `beta_1`,
+    `beta_2`, `epsilon`, `clipnorm` (global norm; 0 = off), `gradient_accumulation_steps`.
+    System: `strategy`, `precision`, `tf_data_service` (dispatcher address or ""), `seed`.
+    Output: `output_dir`/`name` -> `runs/<name>/`, `checkpoint_every`, `log_every`.
+    """
+
+    name: str = "run"
+    output_dir: str = "runs"
+    task: str = "causal_lm"
+    model: str = "gpt_tiny"
+    model_overrides: dict = dataclasses.field(default_factory=dict)
+    sequence_length: int = 128
+    train_files: tuple[str, ...] = ()
+    validation_files: tuple[str, ...] = ()
+    data_format: str = "text"
+    tokenizer: str = "wordpiece"
+    tokenizer_path: str = ""
+    vocabulary_size: int = 8192
+    shuffle_buffer: int = 10000
+    validation_steps: int = 20
+    batch_size: int = 16
+    steps: int = 1000
+    optimizer: str = "adamw"
+    learning_rate: float = 1e-3
+    warmup_steps: int = 0
+    schedule: str = "cosine"
+    end_learning_rate_ratio: float = 0.0
+    weight_decay: float = 0.01
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+    epsilon: float = 1e-6
+    clipnorm: float = 1.0
+    gradient_accumulation_steps: int = 1
+    strategy: str = "default"
+    precision: str = "float32"
+    tf_data_service: str = ""
+    seed: int = 0
+    checkpoint_every: int = 200
+    log_every: int = 20
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.type in (tuple[str, ...],) and isinstance(value, list):
+                value = tuple(value)
+                object.__setattr__(self, field.name, value)
+            _check_type(field.name, value, field.type)
+        for name, choices in (
+            ("task", TASKS),
+            ("tokenizer", TOKENIZERS),
+            ("data_format", DATA_FORMATS),
+            ("strategy", STRATEGIES),
+            ("optimizer", OPTIMIZERS),
+            ("schedule", SCHEDULES),
+            ("precision", PRECISIONS),
+        ):
+            if getattr(self, name) not in choices:
+                raise ValueError(
+                    f"`{name}` must be one of {choices}. Received: {getattr(self, name)!r}"
+                )
+        for name in (
+            "sequence_length",
+            "batch_size",
+            "steps",
+            "gradient_accumulation_steps",
+            "checkpoint_every",
+            "log_every",
+            "vocabulary_size",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"`{name}` must be positive. Received: {getattr(self, name)}")
+        if self.warmup_steps < 0 or self.warmup_steps > self.steps:
+            raise ValueError(
+                f"`warmup_steps` must be in [0, steps={self.steps}]. Received: {self.warmup_steps}"
+            )
+        if self.learning_rate <= 0:
+            raise ValueError(f"`learning_rate` must be positive. Received: {self.learning_rate}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def to_dict(self) -> dict:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def save(self, path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f".{path.name}.tmp")
+        temp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        temp.replace(path)
+
+    def replace(self, **changes) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "RunConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Unknown RunConfig keys {unknown}. Known keys: {sorted(known)}")
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path=None, overrides: typing.Sequence[str] = ()) -> "RunConfig":
+        """The config of a JSON file (or the defaults), then `--key=value` overrides."""
+        values = {}
+        if path is not None:
+            file = Path(path)
+            if not file.is_file():
+                raise ValueError(f"Config file {str(path)!r} does not exist.")
+            try:
+                values = json.loads(file.read_text())
+            except json.JSONDecodeError as error:
+                raise ValueError(f"Config file {str(path)!r} is not valid JSON: {error}") from None
+        types_by_name = {f.name: f.type for f in dataclasses.fields(cls)}
+        for override in overrides:
+            key, value = parse_override(override)
+            if key not in types_by_name:
+                raise ValueError(
+                    f"Unknown RunConfig key {key!r} in {override!r}. Known keys: "
+                    f"{sorted(types_by_name)}"
+                )
+            values[key] = _parse_value(key, value, types_by_name[key])
+        return cls.from_dict(values)
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    if not text.startswith("--") or "=" not in text:
+        raise ValueError(f"Overrides look like `--key=value`. Received: {text!r}")
+    key, value = text[2:].split("=", 1)
+    return key.replace("-", "_"), value
+
+
+def _parse_value(key: str, text: str, kind):
+    if kind is str:
+        return text
+    if kind is bool:
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"`{key}` must be true or false. Received: {text!r}")
+        return text.lower() in ("true", "1")
+    if kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            raise ValueError(f"`{key}` must be {kind.__name__}. Received: {text!r}") from None
+    if kind == tuple[str, ...]:
+        return tuple(part for part in text.split(",") if part)
+    try:
+        return json.loads(text)  # dicts: --model_overrides='{"dropout": 0.0}'
+    except json.JSONDecodeError:
+        raise ValueError(f"`{key}` must be JSON. Received: {text!r}") from None
+
+
+def _check_type(name: str, value, kind) -> None:
+    if kind == tuple[str, ...]:
+        ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(kind, (type, types.GenericAlias)):
+        ok = isinstance(value, typing.get_origin(kind) or kind)
+    else:
+        ok = True
+    if not ok:
+        raise TypeError(f"`{name}` must be {kind}. Received: {value!r} ({type(value).__name__})")
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value

@@ -1,0 +1,332 @@
+"""Training under tf.distribute: strategy, optimizer, schedule, and a resumable loop.
+
+The loop runs Keras's own `model.train_step` (compiled loss, metrics, loss scaling,
+gradient accumulation and clipping of the optimizer) under `strategy.run`. It is our own
+loop rather than `model.fit` because `fit` fails under `MultiWorkerMirroredStrategy` in
+Keras 3 (keras-team/keras#20585) and cannot checkpoint its data iterator; here the
+`tf.data` iterator is saved with the weights, so a killed run resumes at the same step
+and the same data position.
+"""
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+NO_WEIGHT_DECAY = ["bias", "gamma", "beta", "scale"]  # norms and biases (BERT practice)
+
+
+def make_strategy(name: str = "default") -> tf.distribute.Strategy:
+    """`default`, `mirrored` (all local GPUs, else CPU), `multi_worker` (TF_CONFIG), `tpu`."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        check_tf_config(os.environ.get("TF_CONFIG", ""))
+        # RING collectives work on CPU as well as GPU (NCCL is GPU only).
+        options = tf.distribute.experimental.CommunicationOptions(
+            implementation=tf.distribute.experimental.CommunicationImplementation.RING
+        )
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    if name == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    raise ValueError(
+        f"`strategy` must be default, mirrored, multi_worker or tpu. Received: {name!r}"
+    )
+
+
+def check_tf_config(text: str) -> dict:
+    """Parses `TF_CONFIG` for multi-worker training; raises `ValueError` naming the problem."""
+    if not text:
+        raise ValueError("`strategy=multi_worker` needs the TF_CONFIG environment variable.")
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"TF_CONFIG is not valid JSON: {error}. Received: {text!r}") from None
+    workers = config.get("cluster", {}).get("worker") if isinstance(config, dict) else None
+    task = config.get("task", {}) if isinstance(config, dict) else {}
+    if not workers or not isinstance(workers, list):
+        raise ValueError(f"TF_CONFIG needs cluster.worker, a list of host:port. Received: {text!r}")
+    if task.get("type") not in ("worker", "chief") or not isinstance(task.get("index"), int):
+        raise ValueError(f"TF_CONFIG needs task.type and an int task.index. Received: {text!r}")
+    if task["type"] == "worker" and not 0 <= task["index"] < len(workers):
+        raise ValueError(
+            f"TF_CONFIG task.index {task['index']} is outside the {len(workers)} workers."
+        )
+    return config
+
+
+@keras.saving.register_keras_serializable(package="tfllm")
+class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup to `peak`, then linear or cosine decay to `peak * end_ratio`.
+
+    Example:
+    >>> schedule = WarmupDecay(1e-3, warmup_steps=100, total_steps=1000)
+    >>> float(schedule(100))
+    0.001
+    """
+
+    def __init__(
+        self,
+        peak: float,
+        warmup_steps: int,
+        total_steps: int,
+        schedule: str = "cosine",
+        end_ratio: float = 0.0,
+    ):
+        if schedule not in ("linear", "cosine", "constant"):
+            raise ValueError(
+                f"`schedule` must be linear, cosine or constant. Received: {schedule!r}"
+            )
+        self.peak = peak
+        self.warmup_steps = warmup_steps
+        self.total_steps = total_steps
+        self.schedule = schedule
+        self.end_ratio = end_ratio
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warmup = tf.cast(self.warmup_steps, tf.float32)
+        decay_steps = tf.cast(max(self.total_steps - self.warmup_steps, 1), tf.float32)
+        progress = tf.clip_by_value((step - warmup) / decay_steps, 0.0, 1.0)
+        if self.schedule == "cosine":
+            shape = 0.5 * (1.0 + tf.cos(math.pi * progress))
+        elif self.schedule == "linear":
+            shape = 1.0 - progress
+        else:
+            shape = tf.ones_like(progress)
+        decayed = self.peak * (self.end_ratio + (1.0 - self.end_ratio) * shape)
+        warming = self.peak * (step + 1.0) / tf.maximum(warmup, 1.0)
+        return tf.where(step < warmup, warming, decayed)
+
+    def get_config(self):
+        return dict(
+            peak=self.peak,
+            warmup_steps=self.warmup_steps,
+            total_steps=self.total_steps,
+            schedule=self.schedule,
+            end_ratio=self.end_ratio,
+        )
+
+
+def make_optimizer(config) -> keras.optimizers.Optimizer:
+    """AdamW or LAMB with decoupled weight decay (not on norms/biases), warmup + decay,
+    global-norm clipping and gradient accumulation, from a `RunConfig`."""
+    schedule = WarmupDecay(
+        config.learning_rate,
+        config.warmup_steps,
+        config.steps,
+        config.schedule,
+        config.end_learning_rate_ratio,
+    )
+    kwargs = dict(
+        learning_rate=schedule,
+        weight_decay=config.weight_decay,
+        beta_1=config.beta_1,
+        beta_2=config.beta_2,
+        epsilon=config.epsilon,
+        global_clipnorm=config.clipnorm or None,
+        gradient_accumulation_steps=(
+            config.gradient_accumulation_steps if config.gradient_accumulation_steps > 1 else None
+        ),
+    )
+    optimizer_class = {"adamw": keras.optimizers.AdamW, "lamb": keras.optimizers.Lamb}
+    optimizer = optimizer_class[config.optimizer](**kwargs)
+    optimizer.exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY)
+    return optimizer
+
+
+class Trainer:
+    """Trains a compiled Keras model on a `tf.data` pipeline under a strategy.
+
+    Writes into `run_dir`: `checkpoints/` (weights, optimizer and data iterator, every
+    `checkpoint_every` steps and at the end) and `logs/` (TensorBoard scalars: loss,
+    metrics, learning rate, tokens/s, MFU). Restarting with the same `run_dir` resumes.
+
+    Args:
+        model: a model built and compiled under `strategy.scope()`.
+        strategy: the `tf.distribute.Strategy` it was built under.
+        run_dir: output folder of the run.
+        steps: total optimizer steps (batches) of the run.
+        checkpoint_every, log_every: intervals in steps.
+        tokens_per_batch: tokens in one global batch, for tokens/s.
+        flops_per_token: training FLOPs per token; with `peak_flops` gives MFU.
+        peak_flops: the machine's FLOP/s, e.g. a measured `tf.matmul` rate.
+        verbose: show a progress bar.
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        strategy: tf.distribute.Strategy,
+        run_dir,
+        steps: int,
+        checkpoint_every: int = 200,
+        log_every: int = 20,
+        tokens_per_batch: int = 0,
+        flops_per_token: float = 0.0,
+        peak_flops: float = 0.0,
+        verbose: bool = True,
+    ):
+        if model.optimizer is None:
+            raise ValueError("`model` must be compiled (with an optimizer) before training.")
+        self.model = model
+        self.strategy = strategy
+        self.run_dir = Path(run_dir)
+        self.steps = steps
+        self.checkpoint_every = checkpoint_every
+        self.log_every = log_every
+        self.tokens_per_batch = tokens_per_batch
+        self.flops_per_token = flops_per_token
+        self.peak_flops = peak_flops
+        self.verbose = verbose
+        resolver = getattr(strategy, "cluster_resolver", None)
+        self.worker = None if resolver is None else resolver.task_id
+        self.is_chief = (
+            resolver is None
+            or resolver.task_type == "chief"
+            or (resolver.task_type == "worker" and resolver.task_id == 0)
+        )
+
+    def fit(
+        self,
+        dataset,
+        validation_data=None,
+        validation_steps: int = 20,
+    ) -> dict[str, list[float]]:
+        """Trains until `steps`; returns the logged history `{name: [values]}`.
+
+        Args:
+            dataset: a `tf.data.Dataset` of global batches `(x, y[, sample_weight])`, or a
+                function `InputContext -> Dataset` of per-replica batches (each input
+                pipeline reading its own shard, as multi-worker training needs). It must
+                not run out (`.repeat()` it) and must be deterministic: on resume the
+                first `step` batches are skipped to reach the same data position.
+            validation_data: the same kinds, evaluated every `log_every` steps.
+            validation_steps: batches per evaluation.
+        """
+        checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer)
+        manager = tf.train.CheckpointManager(checkpoint, str(self._checkpoint_dir()), max_to_keep=2)
+        self._build(dataset)
+        latest = tf.train.latest_checkpoint(str(self.run_dir / "checkpoints"))
+        if latest:  # resume: weights and optimizer step; the data position follows
+            checkpoint.restore(latest).assert_existing_objects_matched()
+        step = int(self.model.optimizer.iterations.numpy())
+        iterator = iter(self._distribute(dataset, skip=step))
+        train_step = self._step_function(self.model.train_step)
+        writer = (
+            tf.summary.create_file_writer(str(self.run_dir / "logs"))
+            if self.is_chief
+            else tf.summary.create_noop_writer()
+        )
+        history: dict[str, list[float]] = {"step": []}
+        progress = keras.utils.Progbar(self.steps, verbose=int(self.verbose and self.is_chief))
+        started, started_step = time.perf_counter(), step
+        while step < self.steps:
+            logs = {k: float(v) for k, v in train_step(iterator).items()}
+            step += 1
+            if not math.isfinite(logs["loss"]):
+                raise FloatingPointError(
+                    f"The training loss became {logs['loss']} at step {step}: stopping. "
+                    "Lower the learning rate, enable clipping, or check the data."
+                )
+            if step % self.log_every == 0 or step == self.steps:
+                logs.update(self._speed(step - started_step, time.perf_counter() - started))
+                logs["learning_rate"] = float(self._learning_rate(step))
+                self.model.reset_metrics()
+                if validation_data is not None:
+                    logs.update(self.evaluate(validation_data, validation_steps, prefix="val_"))
+                self._record(writer, history, step, logs)
+                started, started_step = time.perf_counter(), step
+            if step % self.checkpoint_every == 0 or step == self.steps:
+                self._save(manager, step)
+            shown = [(k, logs[k]) for k in ("loss", "tokens_per_second") if k in logs]
+            progress.update(step, shown)
+        writer.flush()
+        return history
+
+    def evaluate(self, dataset: tf.data.Dataset, steps: int = 20, prefix: str = "") -> dict:
+        """Compiled loss and metrics over the first `steps` batches of `dataset`."""
+        self.model.reset_metrics()
+        test_step = self._step_function(self.model.test_step)
+        iterator = iter(self._distribute(dataset, take=steps))
+        logs = {}
+        for _ in range(steps):
+            try:
+                logs = test_step(iterator)
+            except (StopIteration, tf.errors.OutOfRangeError):
+                break
+        self.model.reset_metrics()
+        return {prefix + k: float(v) for k, v in logs.items()}
+
+    def _distribute(self, dataset, skip: int = 0, take: int | None = None):
+        def limit(ds):
+            ds = ds.skip(skip)
+            return ds if take is None else ds.take(take)
+
+        if isinstance(dataset, tf.data.Dataset):
+            return self.strategy.experimental_distribute_dataset(limit(dataset))
+        return self.strategy.distribute_datasets_from_function(lambda ctx: limit(dataset(ctx)))
+
+    def _build(self, dataset):
+        """Creates optimizer, loss and metric variables once, on one local batch."""
+        if not isinstance(dataset, tf.data.Dataset):
+            dataset = dataset(tf.distribute.InputContext())
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(next(iter(dataset)))
+        with self.strategy.scope():
+            self.model.optimizer.build(self.model.trainable_variables)
+            y_pred = self.model(x)
+            self.model.compute_loss(x, y, y_pred, sample_weight)
+            self.model.compute_metrics(x, y, y_pred, sample_weight)
+            self.model.reset_metrics()
+
+    def _step_function(self, step_fn):
+        """One `step_fn` (Keras's train_step / test_step) on every replica, in a graph."""
+        strategy = self.strategy
+
+        @tf.function
+        def step(iterator):
+            logs = strategy.run(step_fn, args=(next(iterator),))
+            # Each replica reports its own running metrics: average them (all workers).
+            return {k: strategy.reduce("MEAN", v, axis=None) for k, v in logs.items()}
+
+        return step
+
+    def _learning_rate(self, step):
+        rate = self.model.optimizer.learning_rate
+        return rate(step) if callable(rate) else rate
+
+    def _speed(self, steps: int, seconds: float) -> dict:
+        if not self.tokens_per_batch or seconds <= 0:
+            return {}
+        tokens_per_second = steps * self.tokens_per_batch / seconds
+        logs = {"tokens_per_second": tokens_per_second}
+        if self.flops_per_token and self.peak_flops:
+            logs["mfu"] = tokens_per_second * self.flops_per_token / self.peak_flops
+        return logs
+
+    def _record(self, writer, history, step, logs):
+        history["step"].append(step)
+        with writer.as_default(step=step):
+            for key, value in logs.items():
+                history.setdefault(key, []).append(value)
+                tf.summary.scalar(key, value)
+
+    def _checkpoint_dir(self) -> Path:
+        if self.is_chief:
+            return self.run_dir / "checkpoints"
+        # Every worker must write (variables are mirrored); only the chief's copy is kept.
+        return self.run_dir / "checkpoints" / f".worker-{self.worker}"
+
+    def _save(self, manager, step):
+        manager.save(checkpoint_number=step)
+        if not self.is_chief:
+            tf.io.gfile.rmtree(str(self._checkpoint_dir()))
