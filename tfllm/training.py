@@ -240,7 +240,9 @@ class Trainer:
                 )
             if step % self.log_every == 0 or step == self.steps:
                 logs.update(self._speed(step - started_step, time.perf_counter() - started))
-                logs["learning_rate"] = float(self._learning_rate(step))
+                logs["learning_rate"] = float(
+                    keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+                )
                 self.model.reset_metrics()
                 if validation_data is not None:
                     logs.update(self.evaluate(validation_data, validation_steps, prefix="val_"))
@@ -299,10 +301,6 @@ class Trainer:
             return {k: strategy.reduce("MEAN", v, axis=None) for k, v in logs.items()}
 
         return step
-
-    def _learning_rate(self, step):
-        rate = self.model.optimizer.learning_rate
-        return rate(step) if callable(rate) else rate
 
     def _speed(self, steps: int, seconds: float) -> dict:
         if not self.tokens_per_batch or seconds <= 0:

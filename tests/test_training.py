@@ -1,0 +1,226 @@
+"""Training loop: schedule, optimizer, resume after a kill, Mirrored and multi-worker runs."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests import train_tiny
+from tfllm.config import RunConfig
+from tfllm.training import Trainer, WarmupDecay, check_tf_config, make_optimizer, make_strategy
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = str(ROOT / "tests" / "train_tiny.py")
+
+
+def _env(**extra):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3", **extra)
+    env.pop("TF_CONFIG", None)
+    env.update(extra)
+    return env
+
+
+def _weights(path):
+    with np.load(path) as data:
+        return [data[k] for k in sorted(data, key=lambda k: int(k.split("_")[1]))]
+
+
+def _max_diff(a, b):
+    return max(float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize(
+    "schedule, step, expected",
+    [
+        ("cosine", 0, 1e-3 * 1 / 10),  # warmup: (step + 1) / warmup_steps
+        ("cosine", 9, 1e-3),
+        ("cosine", 10, 1e-3),
+        ("cosine", 55, 1e-3 * 0.5),  # halfway through the decay
+        ("cosine", 100, 0.0),
+        ("linear", 55, 1e-3 * 0.5),
+        ("linear", 100, 0.0),
+        ("constant", 80, 1e-3),
+    ],
+)
+def test_warmup_decay_known_values(schedule, step, expected):
+    rate = WarmupDecay(1e-3, warmup_steps=10, total_steps=100, schedule=schedule)
+    assert float(rate(step)) == pytest.approx(expected, abs=1e-9)
+
+
+def test_warmup_decay_end_ratio_and_config_round_trip():
+    rate = WarmupDecay(1e-3, 0, 100, "cosine", end_ratio=0.1)
+    assert float(rate(100)) == pytest.approx(1e-4)
+    again = WarmupDecay.from_config(rate.get_config())
+    assert float(again(37)) == pytest.approx(float(rate(37)))
+
+
+def test_optimizer_decays_weights_but_not_norms_or_biases():
+    config = RunConfig(optimizer="adamw", weight_decay=0.5, learning_rate=0.1, steps=10)
+    optimizer = make_optimizer(config)
+    kernel = keras.Variable(np.ones((2, 2), "float32"), name="kernel")
+    bias = keras.Variable(np.ones((2,), "float32"), name="bias")
+    gamma = keras.Variable(np.ones((2,), "float32"), name="gamma")
+    optimizer.apply(
+        [np.zeros((2, 2), "float32"), np.zeros(2, "float32"), np.zeros(2, "float32")],
+        [kernel, bias, gamma],
+    )
+    assert np.all(np.asarray(kernel) < 1.0)  # decayed with a zero gradient
+    np.testing.assert_array_equal(np.asarray(bias), 1.0)
+    np.testing.assert_array_equal(np.asarray(gamma), 1.0)
+
+
+def test_lamb_and_gradient_accumulation_settings():
+    optimizer = make_optimizer(RunConfig(optimizer="lamb", gradient_accumulation_steps=4))
+    assert isinstance(optimizer, keras.optimizers.Lamb)
+    assert optimizer.gradient_accumulation_steps == 4
+    assert optimizer.global_clipnorm == 1.0
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("", "needs the TF_CONFIG"),
+        ("{not json", "not valid JSON"),
+        ('{"cluster": {}, "task": {"type": "worker", "index": 0}}', "cluster.worker"),
+        ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}', "outside"),
+        ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "ps", "index": 0}}', "task.type"),
+    ],
+)
+def test_bad_tf_config_fails_early(text, match):
+    with pytest.raises(ValueError, match=match):
+        check_tf_config(text)
+
+
+def test_unknown_strategy():
+    with pytest.raises(ValueError, match="strategy"):
+        make_strategy("horovod")
+
+
+def test_trainer_logs_checkpoints_and_validation(tmp_path):
+    strategy = tf.distribute.get_strategy()
+    model = train_tiny.build(strategy, total_steps=6)
+    trainer = Trainer(
+        model,
+        strategy,
+        tmp_path,
+        steps=6,
+        checkpoint_every=3,
+        log_every=3,
+        tokens_per_batch=128,
+        flops_per_token=1e6,
+        peak_flops=1e12,
+        verbose=False,
+    )
+    history = trainer.fit(
+        train_tiny.dataset_fn, validation_data=train_tiny.dataset_fn, validation_steps=2
+    )
+    assert history["step"] == [3, 6]
+    assert all(np.isfinite(history["loss"])) and len(history["val_loss"]) == 2
+    assert history["tokens_per_second"][-1] > 0 and 0 < history["mfu"][-1] < 1
+    assert history["learning_rate"][0] == pytest.approx(float(WarmupDecay(1e-3, 2, 6)(3)))
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-6")
+    assert list((tmp_path / "logs").glob("events.out.tfevents.*"))
+
+
+def test_non_finite_loss_stops_and_names_the_step(tmp_path):
+    strategy = tf.distribute.get_strategy()
+    model = train_tiny.build(strategy, total_steps=5)
+    model.compile(optimizer=model.optimizer, loss=lambda y, p: tf.reduce_mean(p) * np.inf)
+    trainer = Trainer(model, strategy, tmp_path, steps=5, verbose=False)
+    with pytest.raises(FloatingPointError, match="at step 1"):
+        trainer.fit(train_tiny.dataset_fn)
+
+
+def test_mirrored_equals_single_device_with_sgd(tmp_path, mirrored_strategy):
+    """Two replicas averaging their gradients take the same steps as one device."""
+    results = []
+    for name, strategy in (("one", tf.distribute.get_strategy()), ("two", mirrored_strategy)):
+        model = train_tiny.build(strategy, total_steps=4)
+        with strategy.scope():
+            model.compile(
+                optimizer=keras.optimizers.SGD(0.5),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            )
+        Trainer(model, strategy, tmp_path / name, steps=4, verbose=False).fit(
+            train_tiny.dataset_fn(tf.distribute.InputContext()).rebatch(train_tiny.GLOBAL_BATCH)
+        )
+        results.append(model.get_weights())
+    assert _max_diff(*results) < 1e-5
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_at_same_step_and_data(tmp_path):
+    steps = 300
+    subprocess.run(
+        [sys.executable, SCRIPT, str(tmp_path / "full"), str(steps), "default", "25"],
+        env=_env(),
+        check=True,
+        timeout=300,
+    )
+    run_dir = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, SCRIPT, str(run_dir), str(steps), "default", "25"], env=_env()
+    )
+    deadline = time.time() + 240
+    while not (run_dir / "checkpoints" / "ckpt-50.index").exists():
+        assert process.poll() is None and time.time() < deadline, "run ended before the kill"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (run_dir / "weights-0.npz").exists()  # it really died mid-run
+    subprocess.run(
+        [sys.executable, SCRIPT, str(run_dir), str(steps), "default", "25"],
+        env=_env(),
+        check=True,
+        timeout=300,
+    )
+    assert (
+        _max_diff(
+            _weights(tmp_path / "full" / "weights-0.npz"), _weights(run_dir / "weights-0.npz")
+        )
+        == 0.0
+    )
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_two_worker_processes_end_with_identical_weights(tmp_path):
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    processes = []
+    for index in range(2):
+        tf_config = json.dumps(
+            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        )
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, SCRIPT, str(tmp_path), "6", "multi_worker", "3"],
+                env=_env(TF_CONFIG=tf_config),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+        )
+    for process in processes:
+        output, _ = process.communicate(timeout=300)
+        assert process.returncode == 0, output.decode()[-3000:]
+    first, second = (_weights(tmp_path / f"weights-{i}.npz") for i in range(2))
+    assert _max_diff(first, second) == 0.0
+    assert (tmp_path / "checkpoints" / "ckpt-6.index").exists()
+    assert not list((tmp_path / "checkpoints").glob(".worker-*"))
