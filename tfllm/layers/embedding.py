@@ -45,9 +45,12 @@ class PositionEmbedding(keras.layers.Layer):
         inputs: `(B, T, hidden_dim)` tensor; only its shape is used.
         start_index: position of the first input (int or scalar tensor), for decoding
             with a cache.
+        position_ids: optional `(B, T)` int position of each input (e.g. of left-padded
+            rows in a batch), instead of `start_index + t`.
 
     Returns:
-        `(1, T, hidden_dim)` position embeddings, to be added to `inputs`.
+        `(1, T, hidden_dim)` position embeddings (`(B, T, hidden_dim)` with
+        `position_ids`), to be added to `inputs`.
     """
 
     def __init__(self, sequence_length: int, initializer="glorot_uniform", **kwargs):
@@ -66,7 +69,7 @@ class PositionEmbedding(keras.layers.Layer):
             initializer=self.initializer,
         )
 
-    def call(self, inputs, start_index=0):
+    def call(self, inputs, start_index=0, position_ids=None):
         length = inputs.shape[1]
         if length is not None and length > self.sequence_length:
             raise ValueError(
@@ -75,6 +78,8 @@ class PositionEmbedding(keras.layers.Layer):
             )
         length = ops.shape(inputs)[1]
         table = ops.cast(self.embeddings, self.compute_dtype)
+        if position_ids is not None:
+            return ops.take(table, position_ids, axis=0)  # (B, T, d)
         return ops.slice(table, (start_index, 0), (length, ops.shape(table)[1]))[None]
 
     def compute_output_shape(self, inputs_shape):
@@ -101,15 +106,18 @@ class SinusoidalPositionEncoding(keras.layers.Layer):
         super().__init__(**kwargs)
         self.max_wavelength = max_wavelength
 
-    def call(self, inputs, start_index=0):
+    def call(self, inputs, start_index=0, position_ids=None):
         length, dim = ops.shape(inputs)[1], inputs.shape[-1]
-        positions = ops.cast(ops.arange(length) + start_index, "float32")
+        positions = ops.arange(length) + start_index
+        if position_ids is None:
+            position_ids = positions[None]  # (1, T)
+        positions = ops.cast(position_ids, "float32")
         pair = ops.arange(dim) // 2 * 2  # (d,) 0, 0, 2, 2, ...
         inv_freq = ops.power(float(self.max_wavelength), -ops.cast(pair, "float32") / dim)
-        angles = positions[:, None] * inv_freq[None, :]  # (T, d)
+        angles = positions[..., None] * inv_freq  # (1 or B, T, d)
         is_even = ops.arange(dim) % 2 == 0
-        encoding = ops.where(is_even[None, :], ops.sin(angles), ops.cos(angles))
-        return ops.cast(encoding, self.compute_dtype)[None]
+        encoding = ops.where(is_even, ops.sin(angles), ops.cos(angles))
+        return ops.cast(encoding, self.compute_dtype)
 
     def compute_output_shape(self, inputs_shape):
         return (1, inputs_shape[1], inputs_shape[-1])
@@ -131,6 +139,8 @@ class RotaryEmbedding(keras.layers.Layer):
     Call arguments:
         inputs: `(B, T, num_heads, head_dim)` queries or keys; `head_dim` even.
         start_index: position of the first input (int or scalar tensor).
+        position_ids: optional `(B, T)` int position of each input, instead of
+            `start_index + t`.
 
     Returns:
         The rotated inputs, same shape and dtype.
@@ -141,16 +151,17 @@ class RotaryEmbedding(keras.layers.Layer):
         self.max_wavelength = max_wavelength
         self.scaling_factor = scaling_factor
 
-    def call(self, inputs, start_index=0):
+    def call(self, inputs, start_index=0, position_ids=None):
         head_dim = inputs.shape[-1]
         if head_dim % 2:
             raise ValueError(f"RoPE needs an even head dimension. Received: {head_dim}")
-        length = ops.shape(inputs)[1]
-        positions = ops.cast(ops.arange(length) + start_index, "float32") / self.scaling_factor
+        if position_ids is None:
+            position_ids = (ops.arange(ops.shape(inputs)[1]) + start_index)[None]  # (1, T)
+        positions = ops.cast(position_ids, "float32") / self.scaling_factor
         exponents = ops.cast(ops.arange(0, head_dim, 2), "float32") / head_dim
         inv_freq = ops.power(float(self.max_wavelength), -exponents)  # (hs/2,)
-        freqs = positions[:, None] * inv_freq[None, :]  # (T, hs/2)
-        angles = ops.concatenate([freqs, freqs], axis=-1)[None, :, None, :]  # (1, T, 1, hs)
+        freqs = positions[..., None] * inv_freq  # (1 or B, T, hs/2)
+        angles = ops.concatenate([freqs, freqs], axis=-1)[:, :, None, :]  # (1 or B, T, 1, hs)
         cos = ops.cast(ops.cos(angles), inputs.dtype)
         sin = ops.cast(ops.sin(angles), inputs.dtype)
         x1, x2 = ops.split(inputs, 2, axis=-1)

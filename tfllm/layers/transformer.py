@@ -212,6 +212,7 @@ class TransformerDecoderBlock(keras.layers.Layer):
         segment_ids: optional `(B, S)` document ids of packed sequences.
         cache, cache_update_index: KV cache `(B, 2, S, K, head_dim)` and write position,
             as in `MultiHeadAttention`.
+        position_ids: optional `(B, T)` RoPE positions, as in `MultiHeadAttention`.
 
     Returns:
         `(B, T, hidden_dim)`, or `(outputs, updated_cache)` when `cache` is given.
@@ -281,6 +282,7 @@ class TransformerDecoderBlock(keras.layers.Layer):
         segment_ids=None,
         cache=None,
         cache_update_index=None,
+        position_ids=None,
         training=None,
     ):
         attended = self.attention(
@@ -290,6 +292,7 @@ class TransformerDecoderBlock(keras.layers.Layer):
             segment_ids=segment_ids,
             cache=cache,
             cache_update_index=cache_update_index,
+            position_ids=position_ids,
             training=training,
         )
         if cache is not None:

@@ -168,7 +168,7 @@ class GPTBackbone(Backbone):
 
     def init_cache(self, batch_size, max_length=None):
         """Zero KV cache `(B, num_layers, 2, max_length, num_key_value_heads, head_dim)`."""
-        max_length = max_length or self.max_sequence_length
+        max_length = self.max_sequence_length if max_length is None else max_length
         kv_heads = self.num_key_value_heads or self.num_heads
         shape = (
             batch_size,
@@ -180,7 +180,9 @@ class GPTBackbone(Backbone):
         )
         return ops.zeros(shape, dtype=self.compute_dtype)
 
-    def call_with_cache(self, token_ids, cache, cache_update_index, padding_mask=None):
+    def call_with_cache(
+        self, token_ids, cache, cache_update_index, padding_mask=None, position_ids=None
+    ):
         """Runs `T` new tokens against a KV cache (incremental decoding).
 
         Args:
@@ -188,13 +190,18 @@ class GPTBackbone(Backbone):
             cache: `(B, L, 2, S, K, head_dim)` from `init_cache` or an earlier call.
             cache_update_index: int or scalar tensor, where the new keys/values go.
             padding_mask: optional `(B, S)` over all cache positions (0 = padding).
+            position_ids: optional `(B, T)` positions of the new tokens when they differ
+                from `cache_update_index + t` (rows of a batch padded differently; see
+                `tfllm.generation`). Cache slots and the causal mask still use the index.
 
         Returns:
             `(sequence_output (B, T, hidden_dim), updated cache)`.
         """
         x = self.token_embedding(token_ids)
         if self.position_layer is not None:
-            x = x + self.position_layer(x, start_index=cache_update_index)
+            x = x + self.position_layer(
+                x, start_index=cache_update_index, position_ids=position_ids
+            )
         updated = []
         for i, block in enumerate(self.transformer_layers):
             x, layer_cache = block(
@@ -202,6 +209,7 @@ class GPTBackbone(Backbone):
                 padding_mask=padding_mask,
                 cache=cache[:, i],
                 cache_update_index=cache_update_index,
+                position_ids=position_ids,
             )
             updated.append(layer_cache)
         return self.final_norm(x), ops.stack(updated, axis=1)
