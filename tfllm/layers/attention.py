@@ -222,7 +222,8 @@ class MultiHeadAttention(keras.layers.Layer):
             # Also without dropout: on TF/CPU `dot_product_attention` broadcasts the mask
             # to a full (B, N, T, S) tensor (`ones_like` + `logical_and`) before its
             # `where`; this path keeps it (B, 1, T, S). Same outputs and gradients
-            # (bitwise, fp32); attention fwd+bwd ~25% faster (B16 T128 N4 hs64, A/B).
+            # (bitwise, fp32); attention fwd+bwd ~25% faster (B16 T128 N4 hs64, A/B),
+            # whole train step at dropout 0: GPT +1.6%, BERT +3.7% (bench size, A/B).
             outputs = self._attention_with_dropout(query, key, value, mask, training)
         else:
             outputs = ops.dot_product_attention(query, key, value, mask=mask)

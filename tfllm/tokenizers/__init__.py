@@ -2,6 +2,7 @@
 
 from tfllm.tokenizers.base import Tokenizer
 from tfllm.tokenizers.byte_pair import BytePairTokenizer
+from tfllm.tokenizers.files import load_tokenizer, save_tokenizer
 from tfllm.tokenizers.sentencepiece import SentencePieceTokenizer
 from tfllm.tokenizers.training import train_bpe, train_sentencepiece, train_wordpiece
 from tfllm.tokenizers.wordpiece import WordPieceTokenizer
@@ -11,6 +12,8 @@ __all__ = [
     "SentencePieceTokenizer",
     "Tokenizer",
     "WordPieceTokenizer",
+    "load_tokenizer",
+    "save_tokenizer",
     "train_bpe",
     "train_sentencepiece",
     "train_wordpiece",

@@ -12,9 +12,14 @@ def read_lines(path, argument: str) -> list[str]:
     if not file.is_file():
         raise ValueError(f"`{argument}` file {str(path)!r} does not exist.")
     try:
-        lines = file.read_text(encoding="utf-8").splitlines()
+        text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise ValueError(f"`{argument}` file {str(path)!r} is not UTF-8: {error}") from None
+    # Lines end at "\n" only: `str.splitlines()` also splits at "\u2028", "\x1c", ... which
+    # are tokens of real vocabularies (Google's Chinese BERT has "\u2028").
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    if lines[-1] == "":
+        lines.pop()
     if not lines:
         raise ValueError(f"`{argument}` file {str(path)!r} is empty.")
     return lines
@@ -46,6 +51,8 @@ class Tokenizer(keras.layers.Layer):
     """
 
     def __init__(self, **kwargs):
+        # `get_config` stores `trainable`; it is always False, so a stored value is ignored.
+        kwargs.pop("trainable", None)
         super().__init__(trainable=False, **kwargs)
         # Strings are not float tensors: keep Keras from converting or casting them.
         self._convert_input_args = False
@@ -61,6 +68,9 @@ class Tokenizer(keras.layers.Layer):
     def call(self, inputs):
         return self.tokenize(inputs)
 
+    # No tensor-dependent Python control flow here or below: skipping AutoGraph saves
+    # seconds per trace (tf.data.map, tf.function) that it spends rewriting tf-text code.
+    @tf.autograph.experimental.do_not_convert
     def tokenize(self, inputs) -> tf.Tensor | tf.RaggedTensor:
         """`()` string -> `(n,)` ids; `(B,)` strings -> ragged `(B, (n))` int32 ids."""
         strings = tf.convert_to_tensor(inputs, dtype=tf.string)
@@ -76,6 +86,7 @@ class Tokenizer(keras.layers.Layer):
         ids = tf.cast(self._tokenize(batch), tf.int32)
         return ids[0] if strings.shape.rank == 0 else ids
 
+    @tf.autograph.experimental.do_not_convert
     def detokenize(self, ids) -> tf.Tensor:
         """`(n,)` ids -> `()` string; `(B, n)` dense or ragged ids -> `(B,)` strings."""
         if not isinstance(ids, tf.RaggedTensor):

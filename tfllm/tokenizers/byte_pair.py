@@ -147,6 +147,9 @@ class BytePairTokenizer(Tokenizer):
             )
 
     def _tokenize(self, strings):
+        # tf-text's regex_split stops at a NUL byte: "\xff" (never in valid UTF-8, split as
+        # NUL is) stands in for it until `_encode_words` maps the byte back.
+        strings = tf.strings.regex_replace(strings, r"\x00", b"\xff")
         if not self.special_tokens:
             return self._encode_words(pretokenize(strings))
         # Special tokens first, as Hugging Face does: text between them is split alone.
@@ -166,6 +169,7 @@ class BytePairTokenizer(Tokenizer):
         unique, index = tf.unique(words.flat_values)
         chars = tf.strings.bytes_split(unique)  # (U, (bytes))
         byte_values = tf.reshape(tf.io.decode_raw(chars.flat_values, tf.uint8), [-1])
+        byte_values = tf.where(byte_values == 255, tf.constant(0, tf.uint8), byte_values)
         ids = chars.with_flat_values(tf.gather(self._byte_ids, tf.cast(byte_values, tf.int32)))
         merged = self._merge(ids.flat_values, ids.row_splits)
         merged = tf.gather(merged, index)  # (N, (ids))

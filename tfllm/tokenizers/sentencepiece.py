@@ -1,20 +1,46 @@
 """SentencePiece (unigram or BPE models) on tensorflow-text's in-graph op."""
 
 import base64
+import hashlib
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 import tensorflow_text as tf_text
+from tensorflow_text.python.ops import sentencepiece_tokenizer as tf_text_sentencepiece
 
 from tfllm.tokenizers.base import Tokenizer
+
+
+class _NamedModelResource(tf_text_sentencepiece._SentencepieceModelResource):
+    """tf-text's model resource under a `shared_name`, so that it outlives its op kernel.
+
+    tf-text's own resource belongs to the kernel, and `keras.utils.set_random_seed`,
+    `tf.random.set_seed` and `keras.backend.clear_session` clear the eager kernel cache:
+    tokenizers made before such a call then fail with "Resource ... does not exist". Named
+    resources live in the resource manager (one per distinct model, kept until exit).
+    """
+
+    def _create_resource(self):
+        name = "tfllm_sentencepiece_" + hashlib.sha256(self._model).hexdigest()
+        with tf.name_scope("SentenceTokenizerInitializer"):
+            return tf_text_sentencepiece.gen_sentencepiece_tokenizer.sentencepiece_op(
+                model=self._model, shared_name=name
+            )
+
+
+def _is_file(text: str) -> bool:
+    try:
+        return Path(text).is_file()
+    except OSError:  # "File name too long": the base64 text of a model
+        return False
 
 
 def _proto_bytes(proto) -> bytes:
     """Model bytes from bytes, a `*.model` path, or the base64 text `get_config` stores."""
     if isinstance(proto, bytes):
         data = proto
-    elif isinstance(proto, Path) or (isinstance(proto, str) and Path(proto).is_file()):
+    elif isinstance(proto, Path) or (isinstance(proto, str) and _is_file(proto)):
         if not Path(proto).is_file():
             raise ValueError(f"`proto` file {str(proto)!r} does not exist.")
         data = Path(proto).read_bytes()
@@ -56,6 +82,7 @@ class SentencePieceTokenizer(Tokenizer):
             self._tokenizer = tf_text.SentencepieceTokenizer(
                 model=proto, out_type=tf.int32, add_bos=add_bos, add_eos=add_eos
             )
+            self._tokenizer._model_resource = _NamedModelResource(proto, None)
             size = int(self._tokenizer.vocab_size())
             pieces = self._tokenizer.id_to_string(tf.range(size)).numpy()
         except (tf.errors.InvalidArgumentError, tf.errors.InternalError) as error:

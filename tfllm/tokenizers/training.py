@@ -99,7 +99,10 @@ def train_wordpiece(
         continuing_subword_prefix="##",
     )
     vocab = _train_hf(tokenizer, source, trainer)["vocab"]
-    tokens = sorted(vocab, key=vocab.get)
+    # The trainer's order of equally ranked pieces varies from run to run: sort them, so
+    # that the same text always gives the same ids (special tokens first, as given).
+    specials = list(special_tokens)
+    tokens = specials + sorted(t for t in vocab if t not in set(specials))
     if output_dir is not None:
         write_atomically(output_dir, {"vocab.txt": ("\n".join(tokens) + "\n").encode()})
     return WordPieceTokenizer(tokens, lowercase=lowercase, strip_accents=strip_accents)
@@ -158,7 +161,7 @@ def train_sentencepiece(
     _check_size(vocabulary_size)
     files, texts = _files_or_texts(source)
     if files is not None:
-        texts = (line for f in files for line in Path(f).read_text(encoding="utf-8").splitlines())
+        texts = (line for f in files for line in Path(f).read_text(encoding="utf-8").split("\n"))
     model = io.BytesIO()
     try:
         sentencepiece.SentencePieceTrainer.train(

@@ -9,6 +9,10 @@ import tensorflow_text as tf_text
 
 from tfllm.tokenizers.base import Tokenizer, read_lines
 
+# Removed before tokenizing, as BERT's `clean_text`: NUL, U+FFFD and the Cc (but \t \n \r,
+# which are whitespace), Cf and Co categories.
+CONTROL_CHARACTERS = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\p{Cf}\p{Co}\x{FFFD}]"
+
 
 @keras.saving.register_keras_serializable(package="tfllm")
 class WordPieceTokenizer(Tokenizer):
@@ -66,12 +70,10 @@ class WordPieceTokenizer(Tokenizer):
         self.sep_token_id = self._optional_id("[SEP]")
         self.pad_token_id = self._optional_id("[PAD]")
         self.mask_token_id = self._optional_id("[MASK]")
-        strip = lowercase if strip_accents is None else strip_accents
-        # FastBertTokenizer fuses "lowercase + NFD + strip accents" into one flag; other
-        # combinations normalize first with string ops.
-        self._fused_normalization = lowercase and strip
-        self._lowercase_only = lowercase and not strip
-        self._strip_only = strip and not lowercase
+        self._strip = lowercase if strip_accents is None else strip_accents
+        # BERT's normalization is done with string ops in `_tokenize`: FastBertTokenizer's
+        # `lower_case_nfd_strip_accents` is NFKC case folding ("ß" -> "ss", "…" -> "...",
+        # "ﬁ" -> "fi", full-width -> ASCII), which BERT and Hugging Face do not do.
         self._tokenizer = tf_text.FastBertTokenizer(
             vocab=self.vocabulary,
             suffix_indicator=suffix_indicator,
@@ -79,15 +81,20 @@ class WordPieceTokenizer(Tokenizer):
             token_out_type=tf.int32,
             unknown_token=unknown_token,
             support_detokenization=True,
-            lower_case_nfd_strip_accents=self._fused_normalization,
+            lower_case_nfd_strip_accents=False,
         )
 
     def _tokenize(self, strings):
-        if self._lowercase_only:
-            strings = tf.strings.lower(strings, encoding="utf-8")
-        elif self._strip_only:
+        # BERT's clean_text: control characters are removed (words are not split there).
+        # It also keeps `tf.strings.lower` from stopping at a NUL byte.
+        strings = tf.strings.regex_replace(strings, CONTROL_CHARACTERS, "")
+        if self._strip:
             strings = tf_text.normalize_utf8(strings, "NFD")
             strings = tf.strings.regex_replace(strings, r"\p{Mn}", "")
+        if self.lowercase:
+            # Character by character as Hugging Face: no final sigma ("ΣΑΣ" -> "σασ").
+            strings = tf.strings.regex_replace(strings, "Σ", "σ")
+            strings = tf.strings.lower(strings, encoding="utf-8")
         return self._tokenizer.tokenize(strings)
 
     def _detokenize(self, ids):

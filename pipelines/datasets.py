@@ -1,0 +1,143 @@
+"""tf.data input pipelines: text, JSONL and TFRecord files -> preprocessed global batches.
+
+Documents come from plain text files (paragraphs separated by blank lines; lines are
+sentences), JSONL records `{"id", "text", "source"}` (one document each; lines of `text`
+are sentences) or TFRecord shards of `tf.train.Example`s with a `text` feature (see
+`write_tfrecords`). Every pipeline is deterministic for a given seed, so a resumed run
+can skip to the batch it stopped at.
+
+Example:
+>>> dataset_fn = pretraining_dataset_fn(config, preprocessor, files)
+>>> Trainer(model, strategy, run_dir, steps=1000).fit(dataset_fn)
+"""
+
+import glob
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import tensorflow as tf
+import tensorflow_text as tf_text
+
+from tfllm.preprocessing import CausalLMPreprocessor, MaskedLMPreprocessor, nsp_pairs
+
+PARAGRAPH_BREAK = r"\n[ \t\r]*\n"
+
+
+def expand_files(patterns: Iterable[str], argument: str = "train_files") -> list[str]:
+    """Sorted files matching the glob `patterns`; `ValueError` if none, or one is empty."""
+    files = sorted({f for p in patterns for f in glob.glob(os.path.expanduser(p), recursive=True)})
+    files = [f for f in files if os.path.isfile(f)]
+    if not files:
+        raise ValueError(f"`{argument}` matches no files. Received: {list(patterns)}")
+    empty = [f for f in files if os.path.getsize(f) == 0]
+    if empty:
+        raise ValueError(f"`{argument}` has empty files: {empty[:5]}")
+    return files
+
+
+def write_tfrecords(texts: Iterable[str], directory, num_shards: int = 4) -> list[str]:
+    """Writes texts round robin into `num_shards` TFRecord files of `tf.train.Example`s."""
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [str(folder / f"shard-{i:05d}-of-{num_shards:05d}.tfrecord") for i in range(num_shards)]
+    temps = [p + ".tmp" for p in paths]
+    writers = [tf.io.TFRecordWriter(t) for t in temps]
+    try:
+        for i, text in enumerate(texts):
+            feature = {
+                "text": tf.train.Feature(bytes_list=tf.train.BytesList(value=[text.encode()]))
+            }
+            example = tf.train.Example(features=tf.train.Features(feature=feature))
+            writers[i % num_shards].write(example.SerializeToString())
+    finally:
+        for writer in writers:
+            writer.close()
+    for temp, path in zip(temps, paths, strict=True):
+        os.replace(temp, path)
+    return paths
+
+
+def _jsonl_texts(path: bytes):
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                record = json.loads(line)
+                if not isinstance(record.get("text"), str):
+                    raise ValueError(f"{path.decode()}:{number} has no string `text` field.")
+                yield record["text"]
+
+
+def read_documents(files: list[str], data_format: str) -> tf.data.Dataset:
+    """A dataset of documents, each a scalar string, from files of one format."""
+    if data_format == "text":
+
+        def paragraphs(path):
+            text = tf.strings.regex_replace(tf.io.read_file(path), "\r\n", "\n")
+            parts = tf.strings.strip(tf_text.regex_split([text], PARAGRAPH_BREAK).flat_values)
+            return tf.data.Dataset.from_tensor_slices(tf.boolean_mask(parts, parts != ""))
+
+        return tf.data.Dataset.from_tensor_slices(files).flat_map(paragraphs)
+    if data_format == "jsonl":
+        return tf.data.Dataset.from_tensor_slices(files).flat_map(
+            lambda path: tf.data.Dataset.from_generator(
+                _jsonl_texts, args=(path,), output_signature=tf.TensorSpec([], tf.string)
+            )
+        )
+    if data_format == "tfrecord":
+        spec = {"text": tf.io.FixedLenFeature([], tf.string)}
+        records = tf.data.TFRecordDataset(files)
+        return records.map(lambda r: tf.io.parse_single_example(r, spec)["text"])
+    raise ValueError(f"`data_format` must be text, jsonl or tfrecord. Received: {data_format!r}")
+
+
+def _sentences(document):
+    lines = tf.strings.strip(tf.strings.split(document, "\n"))
+    return tf.boolean_mask(lines, lines != "")
+
+
+def pretraining_dataset_fn(
+    config, preprocessor, files: list[str], training: bool = True
+) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
+    """`InputContext -> Dataset` of per-replica batches for `config.task`.
+
+    Each input pipeline (one per worker) reads its own files (its own records when there
+    are fewer files than workers), shuffles documents with `config.seed` when `training`,
+    repeats, preprocesses (causal LM: documents packed into windows) and batches with
+    `config.batch_size / replicas`. With `config.tf_data_service` set, the pipeline runs
+    on that tf.data service (dispatcher address) instead of locally.
+    """
+    if config.task == "causal_lm" and not isinstance(preprocessor, CausalLMPreprocessor):
+        raise TypeError("`causal_lm` needs a CausalLMPreprocessor.")
+    if config.task != "causal_lm" and not isinstance(preprocessor, MaskedLMPreprocessor):
+        raise TypeError(f"`{config.task}` needs a MaskedLMPreprocessor.")
+
+    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        batch_size = context.get_per_replica_batch_size(config.batch_size)
+        pipelines, index = context.num_input_pipelines, context.input_pipeline_id
+        if len(files) >= pipelines:
+            documents = read_documents(files[index::pipelines], config.data_format)
+        else:
+            documents = read_documents(files, config.data_format).shard(pipelines, index)
+        if training:
+            documents = documents.shuffle(config.shuffle_buffer, seed=config.seed).repeat()
+        if config.task == "causal_lm":
+            examples = preprocessor.pack(documents).batch(batch_size, drop_remainder=True)
+        else:
+            if config.task == "bert_pretraining":
+                documents = nsp_pairs(documents.map(_sentences), seed=config.seed)
+            # Sequential map: the masking draws random numbers, and their order must not
+            # depend on thread timing (a resumed run replays the same masks).
+            examples = documents.batch(batch_size, drop_remainder=True).map(preprocessor)
+        if config.tf_data_service:
+            examples = examples.apply(
+                tf.data.experimental.service.distribute(
+                    processing_mode=tf.data.experimental.service.ShardingPolicy.OFF,
+                    service=config.tf_data_service,
+                    job_name=f"{config.name}-{'train' if training else 'validation'}-{index}",
+                )
+            )
+        return examples.prefetch(tf.data.AUTOTUNE)
+
+    return dataset_fn

@@ -1,0 +1,65 @@
+"""Tests for tfllm.benchmarking: FLOP counts, batches, interleaving, BENCHMARKS.md sections."""
+
+import numpy as np
+import pytest
+
+from tfllm import benchmarking as bench
+
+
+def test_flops_per_token_matches_hand_count():
+    # GPT bench size: per block 4 d^2 + 2 d ff matmul weights, plus the V x d head.
+    d, ff, layers, vocab, length = 256, 1024, 4, 8192, 128
+    weights = layers * (4 * d * d + 2 * d * ff) + vocab * d
+    expected = 6 * weights + 12 * layers * length * d
+    assert bench.flops_per_token(layers, d, ff, vocab, length) == expected
+    assert bench.task_flops_per_token("gpt", length) == expected
+
+
+def test_masked_lm_flops_count_the_head_at_masked_positions_only():
+    full = bench.flops_per_token(4, 256, 1024, 8192, 128)
+    masked = bench.task_flops_per_token("bert", 128)
+    head = 6 * (8192 * 256 + 256 * 256) * 20 / 128
+    assert masked == pytest.approx(full - 6 * 8192 * 256 + head)
+
+
+@pytest.mark.parametrize("task", ["gpt", "bert"])
+def test_synthetic_batch_keys_shapes_and_ranges(task):
+    x, y = bench.synthetic_batch(task, batch_size=3, sequence_length=20, vocabulary_size=50)
+    ids = x["token_ids"].numpy()
+    assert ids.shape == (3, 20) and ids.min() >= 1 and ids.max() < 50
+    if task == "gpt":
+        assert set(x) == {"token_ids", "padding_mask"} and y.shape == (3, 20)
+    else:
+        positions = x["mask_positions"].numpy()
+        assert set(x) == {"token_ids", "segment_ids", "padding_mask", "mask_positions"}
+        assert positions.shape == (3, 3) and y.shape == (3, 3)
+        assert all(len(set(row)) == 3 for row in positions)
+        np.testing.assert_array_equal(y.numpy(), np.take_along_axis(ids, positions, axis=1))
+
+
+def test_synthetic_batch_rejects_unknown_task():
+    with pytest.raises(ValueError, match="`task`"):
+        bench.synthetic_batch("t5")
+
+
+def test_interleaved_times_alternates_order_and_warms_up():
+    calls = []
+
+    def timer(name):
+        return lambda: calls.append(name) or float(len(calls))
+
+    times = bench.interleaved_times({"a": timer("a"), "b": timer("b")}, rounds=3, warmup=1)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
+    assert times == {"a": [3.0, 6.0, 7.0], "b": [4.0, 5.0, 8.0]}
+
+
+def test_replace_section_replaces_appends_and_keeps_other_sections():
+    text = "# T\n\n## A\nold\n\n## B\nb\n"
+    assert bench.replace_section(text, "## A", "new") == "# T\n\n## A\nnew\n\n## B\nb\n"
+    assert bench.replace_section(text, "## B", "c") == "# T\n\n## A\nold\n\n## B\nc\n"
+    assert bench.replace_section(text, "## C", "c") == text + "\n## C\nc\n"
+
+
+def test_markdown_table():
+    table = bench.markdown_table(["x", "y"], [[1, "a"]])
+    assert table == "| x | y |\n|---|---|\n| 1 | a |"

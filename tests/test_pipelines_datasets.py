@@ -1,0 +1,148 @@
+"""Input pipelines: file formats, sharding, determinism, tf.data service."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipelines.datasets import expand_files, pretraining_dataset_fn, read_documents, write_tfrecords
+from tfllm.config import RunConfig
+from tfllm.preprocessing import CausalLMPreprocessor, MaskedLMPreprocessor
+from tfllm.pretraining import tf_data_service_servers
+from tfllm.tokenizers import WordPieceTokenizer
+
+WORDS = [
+    "the",
+    "king",
+    "queen",
+    "said",
+    "to",
+    "a",
+    "and",
+    "of",
+    "love",
+    "night",
+    "day",
+    "sword",
+    "crown",
+    "is",
+    "was",
+    "my",
+]
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", *WORDS]
+DOCUMENTS = [
+    "the king said to the queen .\nthe queen said , my love .",
+    "a sword and a crown .\nthe night was day .",
+    "my love is the night .\nthe king was a sword .\nthe crown is my day .",
+    "to the queen , the king said .",
+]
+
+
+@pytest.fixture
+def tokenizer():
+    return WordPieceTokenizer(VOCAB)
+
+
+@pytest.fixture
+def text_files(tmp_path):
+    paths = []
+    for i in range(2):
+        path = tmp_path / f"part{i}.txt"
+        path.write_text("\n\n".join(DOCUMENTS[2 * i : 2 * i + 2]) + "\n")
+        paths.append(str(path))
+    return paths
+
+
+def _texts(dataset):
+    return [t.decode() for t in dataset.as_numpy_iterator()]
+
+
+def test_text_jsonl_and_tfrecord_give_the_same_documents(tmp_path, text_files):
+    assert _texts(read_documents(text_files, "text")) == DOCUMENTS
+    jsonl = tmp_path / "docs.jsonl"
+    records = [{"id": str(i), "text": d, "source": "test"} for i, d in enumerate(DOCUMENTS)]
+    jsonl.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    assert _texts(read_documents([str(jsonl)], "jsonl")) == DOCUMENTS
+    shards = write_tfrecords(DOCUMENTS, tmp_path / "shards", num_shards=2)
+    assert len(shards) == 2 and not list((tmp_path / "shards").glob("*.tmp"))
+    assert sorted(_texts(read_documents(shards, "tfrecord"))) == sorted(DOCUMENTS)
+
+
+def test_expand_files_errors(tmp_path):
+    with pytest.raises(ValueError, match="matches no files"):
+        expand_files([str(tmp_path / "*.txt")])
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ValueError, match="empty files"):
+        expand_files([str(tmp_path / "*.txt")])
+
+
+def test_jsonl_without_text_names_the_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "fine"}\n{"id": "2"}\n')
+    with pytest.raises(Exception, match="bad.jsonl:2"):
+        _texts(read_documents([str(path)], "jsonl"))
+
+
+def _first_batches(dataset_fn, count, context=None):
+    dataset = dataset_fn(context or tf.distribute.InputContext())
+    return [tf.nest.map_structure(np.asarray, b) for b in dataset.take(count)]
+
+
+def _equal(a, b):
+    return all(
+        np.array_equal(x, y) for x, y in zip(tf.nest.flatten(a), tf.nest.flatten(b), strict=True)
+    )
+
+
+@pytest.mark.parametrize("task", ["causal_lm", "masked_lm", "bert_pretraining"])
+def test_pipelines_are_deterministic_and_batched(task, tokenizer, text_files):
+    config = RunConfig(task=task, batch_size=4, sequence_length=8, seed=3, shuffle_buffer=10)
+    make = CausalLMPreprocessor if task == "causal_lm" else MaskedLMPreprocessor
+    kwargs = {} if task == "causal_lm" else {"seed": 3, "max_predictions_per_seq": 3}
+    runs = [
+        _first_batches(pretraining_dataset_fn(config, make(tokenizer, 8, **kwargs), text_files), 6)
+        for _ in range(2)
+    ]
+    assert all(_equal(a, b) for a, b in zip(*runs, strict=True))
+    x, y, weights = runs[0][0]
+    assert x["token_ids"].shape == (4, 8)
+    if task == "causal_lm":
+        assert x["segment_ids"].shape == (4, 8)  # packed documents
+    if task == "bert_pretraining":
+        assert set(y) == {"mlm", "nsp"} and y["nsp"].shape == (4,)
+
+
+def test_workers_read_disjoint_shards(tokenizer, text_files):
+    config = RunConfig(task="causal_lm", batch_size=4, sequence_length=6)
+    dataset_fn = pretraining_dataset_fn(
+        config, CausalLMPreprocessor(tokenizer, 6), text_files, training=False
+    )
+    seen = []
+    for index in range(2):
+        context = tf.distribute.InputContext(
+            num_input_pipelines=2, input_pipeline_id=index, num_replicas_in_sync=2
+        )
+        batches = _first_batches(dataset_fn, 10, context)
+        assert batches[0][0]["token_ids"].shape == (2, 6)  # per-replica batch
+        seen.append({int(t) for b in batches for t in b[0]["token_ids"].ravel()} - {0, 2, 3})
+    words_of = [{tokenizer.token_to_id(w) for w in d.split()} for d in DOCUMENTS]
+    assert seen[0] <= words_of[0] | words_of[1] and seen[1] <= words_of[2] | words_of[3]
+
+
+def test_wrong_preprocessor_for_the_task(tokenizer, text_files):
+    with pytest.raises(TypeError, match="MaskedLMPreprocessor"):
+        pretraining_dataset_fn(
+            RunConfig(task="masked_lm"), CausalLMPreprocessor(tokenizer, 8), text_files
+        )
+
+
+def test_tf_data_service_serves_the_same_batches(tokenizer, text_files):
+    target, servers = tf_data_service_servers()
+    local = RunConfig(task="causal_lm", batch_size=2, sequence_length=6)
+    remote = local.replace(tf_data_service=target, name="service-test")
+    preprocessor = CausalLMPreprocessor(tokenizer, 6)
+    expected = _first_batches(pretraining_dataset_fn(local, preprocessor, text_files, False), 3)
+    served = _first_batches(pretraining_dataset_fn(remote, preprocessor, text_files, False), 3)
+    assert all(_equal(a, b) for a, b in zip(expected, served, strict=True))
+    del servers

@@ -1,0 +1,75 @@
+"""Whole pretraining runs from a RunConfig, through `tools/train.py`."""
+
+import json
+
+import keras
+import pytest
+
+from tfllm.config import RunConfig
+from tfllm.pretraining import pretrain
+from tools import train
+
+LINES = [
+    "the king said to the queen that the night was long",
+    "my love is like the day and the sword is like the night",
+    "a crown of gold for the queen and a sword for the king",
+    "the night was dark and the day was bright",
+]
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    for i in range(3):
+        text = "\n\n".join("\n".join(LINES[j % 4] for j in range(i, i + 3)) for _ in range(6))
+        (tmp_path / f"doc{i}.txt").write_text(text + "\n")
+    return str(tmp_path / "doc*.txt")
+
+
+@pytest.mark.parametrize(
+    "task, model",
+    [("causal_lm", "gpt_tiny"), ("masked_lm", "bert_tiny"), ("bert_pretraining", "bert_tiny")],
+)
+def test_tools_train_writes_a_complete_run(tmp_path, corpus, task, model):
+    summary = train.main([
+        f"--task={task}", f"--model={model}", f"--train_files={corpus}",
+        f"--validation_files={corpus}", "--vocabulary_size=120", "--sequence_length=16",
+        "--batch_size=4", "--steps=4", "--log_every=2", "--checkpoint_every=2",
+        "--validation_steps=1", f"--output_dir={tmp_path / 'runs'}", "--name=r", "--quiet",
+    ])  # fmt: skip
+    run_dir = tmp_path / "runs" / "r"
+    assert summary["step"] == 4 and summary["loss"] > 0 and "val_loss" in summary
+    for name in ("config.json", "model.keras", "history.json", "curves.png"):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "tokenizer" / "vocab.txt").is_file()
+    assert RunConfig.load(run_dir / "config.json").task == task
+    assert json.loads((run_dir / "history.json").read_text())["step"] == [2, 4]
+    reloaded = keras.saving.load_model(run_dir / "model.keras")
+    assert reloaded.count_params() > 0
+
+
+def test_rerun_resumes_instead_of_restarting(tmp_path, corpus):
+    config = RunConfig(
+        train_files=(corpus,), vocabulary_size=120, sequence_length=16, batch_size=4, steps=3,
+        log_every=1, checkpoint_every=1, output_dir=str(tmp_path), name="r",
+    )  # fmt: skip
+    pretrain(config, verbose=False)
+    summary = pretrain(config.replace(steps=5), verbose=False)
+    history = json.loads((tmp_path / "r" / "history.json").read_text())
+    assert history["step"] == [4, 5] and summary["step"] == 5
+
+
+@pytest.mark.parametrize(
+    "overrides, error",
+    [
+        (["--sequence_length=512", "--model=gpt_tiny"], "max_sequence_length"),
+        (["--task=causal_lm", "--model=bert_tiny"], "needs a gpt preset"),
+        (["--model=gpt_huge"], "must be one of"),
+        (["--train_files=/nonexistent/*.txt"], "matches no files"),
+    ],
+)
+def test_bad_runs_fail_before_training(tmp_path, corpus, overrides, error):
+    args = [f"--train_files={corpus}", "--vocabulary_size=120", "--steps=2",
+            f"--output_dir={tmp_path}", "--quiet", *overrides]  # fmt: skip
+    with pytest.raises(ValueError, match=error):
+        train.main(args)
+    assert not list(tmp_path.glob("*/checkpoints"))

@@ -1,0 +1,211 @@
+"""Training-throughput benchmark pieces: models under test, synthetic batches, timing, MFU.
+
+`tools/benchmark.py` is the command line; everything it measures with lives here so a
+notebook or a test can reuse it. Figures are only comparable inside one run: time the
+models interleaved (A B A B ...) and compare medians, as `interleaved_times` does.
+"""
+
+import statistics
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+# The benchmark size of BENCHMARKS.md; tfllm's `gpt_bench` / `bert_bench` presets.
+BENCH = dict(
+    vocabulary_size=8192,
+    num_layers=4,
+    num_heads=4,
+    hidden_dim=256,
+    intermediate_dim=1024,
+    max_sequence_length=128,
+)
+PRECISIONS = {"fp32": "float32", "bf16": "mixed_bfloat16"}
+
+
+def masked_count(sequence_length):
+    """Positions a masked LM predicts: 15%, rounded up (20 of 128)."""
+    return -(-15 * sequence_length // 100)
+
+
+def flops_per_token(
+    num_layers, hidden_dim, intermediate_dim, vocabulary_size, sequence_length, head_fraction=1.0
+):
+    """Training FLOPs per token (forward + backward), as nanoGPT's `estimate_mfu` counts.
+
+    `6 * matmul parameters` (per block: fused q/k/v `3 d^2`, output `d^2`, feed-forward
+    `2 d ff`; plus the `V x d` output projection once) plus attention `12 * L * T * d`.
+    Embedding lookups, norms and biases are left out.
+
+    Args:
+        head_fraction: share of tokens that reach the output head; masked LM predicts
+            only `P` of `T` positions (and adds a `d x d` transform), so `P / T` there.
+
+    Example:
+    >>> round(flops_per_token(4, 256, 1024, 8192, 128) / 1e6, 1)
+    33.0
+    """
+    d, ff = hidden_dim, intermediate_dim
+    body = num_layers * (4 * d * d + 2 * d * ff)
+    head = vocabulary_size * d + (d * d if head_fraction < 1.0 else 0)
+    return 6 * (body + head * head_fraction) + 12 * num_layers * sequence_length * d
+
+
+def task_flops_per_token(task, sequence_length=128):
+    """`flops_per_token` of the `BENCH` size for "gpt" (all positions predicted) or
+    "bert" (masked LM: `masked_count` positions reach the head)."""
+    fraction = masked_count(sequence_length) / sequence_length if task == "bert" else 1.0
+    sizes = {k: BENCH[k] for k in ("num_layers", "hidden_dim", "intermediate_dim")}
+    return flops_per_token(
+        **sizes,
+        vocabulary_size=BENCH["vocabulary_size"],
+        sequence_length=sequence_length,
+        head_fraction=fraction,
+    )
+
+
+def matmul_timer(dtype="float32", size=4096, repeats=3):
+    """A callable timing a `size x size` `tf.matmul`: seconds per product (median of `repeats`).
+
+    Traced and run once here; `2 * size**3 / seconds` is the machine's matmul rate.
+
+    Example:
+    >>> timer = matmul_timer("float32", size=256)
+    >>> 2 * 256**3 / timer() / 1e9 > 0  # GFLOP/s
+    True
+    """
+    a = tf.cast(tf.random.normal((size, size)), dtype)
+    product = tf.function(lambda x: tf.reduce_sum(tf.cast(tf.matmul(x, x), tf.float32)))
+    product(a).numpy()
+
+    def timer():
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            product(a).numpy()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    return timer
+
+
+def synthetic_batch(task, batch_size=16, sequence_length=128, vocabulary_size=8192, seed=0):
+    """In-memory `(x, y)` int32 tensors for `task` "gpt" (causal LM) or "bert" (masked LM).
+
+    The masked LM predicts `masked_count` positions (20 of 128), sorted, distinct per row.
+    """
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, vocabulary_size, (batch_size, sequence_length + 1), dtype=np.int32)
+    ones = np.ones((batch_size, sequence_length), np.int32)
+    if task == "gpt":
+        x = {"token_ids": ids[:, :-1], "padding_mask": ones}
+        y = ids[:, 1:]
+    elif task == "bert":
+        count = masked_count(sequence_length)
+        positions = np.sort(
+            np.stack([rng.permutation(sequence_length)[:count] for _ in range(batch_size)]), 1
+        ).astype(np.int32)
+        x = {
+            "token_ids": ids[:, :-1],
+            "segment_ids": 0 * ones,
+            "padding_mask": ones,
+            "mask_positions": positions,
+        }
+        y = np.take_along_axis(ids[:, :-1], positions, axis=1)
+    else:
+        raise ValueError(f"`task` must be 'gpt' or 'bert'. Received: {task!r}")
+    return tf.nest.map_structure(tf.constant, x), tf.constant(y)
+
+
+def build_models(task, precision="fp32", dropout=0.1):
+    """`{"tfllm": model, "keras-hub": model}` of one size, compiled identically.
+
+    The global dtype policy is set for the build and restored afterwards.
+    """
+    import keras_hub
+
+    from tfllm.models import BertBackbone, CausalLM, GPTBackbone, MaskedLM
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(PRECISIONS[precision])
+    try:
+        if task == "gpt":
+            ours = CausalLM(GPTBackbone.from_preset("gpt_bench", dropout=dropout))
+            theirs = keras_hub.models.GPT2CausalLM(
+                backbone=keras_hub.models.GPT2Backbone(**BENCH, dropout=dropout),
+                preprocessor=None,
+            )
+        elif task == "bert":
+            ours = MaskedLM(BertBackbone.from_preset("bert_bench", dropout=dropout))
+            theirs = keras_hub.models.BertMaskedLM(
+                backbone=keras_hub.models.BertBackbone(**BENCH, dropout=dropout),
+                preprocessor=None,
+            )
+        else:
+            raise ValueError(f"`task` must be 'gpt' or 'bert'. Received: {task!r}")
+    finally:
+        keras.config.set_dtype_policy(previous)
+    for model in (ours, theirs):
+        model.compile(
+            optimizer=keras.optimizers.AdamW(1e-4),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            weighted_metrics=None,
+            jit_compile=False,
+        )
+    return {"tfllm": ours, "keras-hub": theirs}
+
+
+def step_timer(model, batch, steps):
+    """A callable timing `steps` consecutive `train_on_batch` calls: seconds per step."""
+    x, y = batch
+
+    def timer():
+        start = time.perf_counter()
+        for _ in range(steps):
+            model.train_on_batch(x, y)  # returns Python floats: each step is synchronous
+        return (time.perf_counter() - start) / steps
+
+    return timer
+
+
+def interleaved_times(timers, rounds, warmup=1):
+    """Calls every timer of the dict `timers` `rounds` times, interleaved (A B A B ...).
+
+    Each timer first runs `warmup` times untimed. Each round visits the timers in turn,
+    in reverse on odd rounds so that neither side of a pair always runs first; a noisy
+    machine then slows both sides alike. Returns `{name: [one result per round]}`.
+    """
+    for timer in timers.values():
+        for _ in range(warmup):
+            timer()
+    times = {name: [] for name in timers}
+    for r in range(rounds):
+        for name in list(timers)[:: -1 if r % 2 else 1]:
+            times[name].append(timers[name]())
+    return times
+
+
+def markdown_table(header, rows):
+    """A GitHub markdown table from a header and rows of already formatted cells."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def replace_section(text, heading, body):
+    """`text` with the markdown section `heading` (through the next `## `) set to `body`.
+
+    The section is appended when absent.
+
+    Example:
+    >>> replace_section("# T\\n\\n## A\\nold\\n\\n## B\\nb\\n", "## A", "new")
+    '# T\\n\\n## A\\nnew\\n\\n## B\\nb\\n'
+    """
+    section = f"{heading}\n{body.strip()}\n"
+    start = text.find(heading + "\n")
+    if start < 0:
+        return text.rstrip("\n") + "\n\n" + section
+    end = text.find("\n## ", start + len(heading))
+    rest = "" if end < 0 else "\n" + text[end + 1 :]
+    return text[:start] + section + rest

@@ -1,0 +1,178 @@
+"""A whole pretraining run from a `RunConfig`: tokenizer, data, model, training, outputs.
+
+`runs/<name>/` receives `config.json`, `tokenizer/` (vocabulary files),
+`checkpoints/`, `logs/` (TensorBoard), `history.json`, `curves.png` and `model.keras`.
+"""
+
+import json
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from pipelines.datasets import expand_files, pretraining_dataset_fn, read_documents
+from tfllm import assets, benchmarking
+from tfllm.config import RunConfig
+from tfllm.metrics import Perplexity
+from tfllm.models import PRESETS, BertBackbone, BertPretrainer, CausalLM, GPTBackbone, MaskedLM
+from tfllm.plots import plot_history
+from tfllm.preprocessing import CausalLMPreprocessor, MaskedLMPreprocessor
+from tfllm.tokenizers import (
+    Tokenizer,
+    load_tokenizer,
+    save_tokenizer,
+    train_bpe,
+    train_sentencepiece,
+    train_wordpiece,
+)
+from tfllm.training import Trainer, make_optimizer, make_strategy
+
+TRAINERS = {"wordpiece": train_wordpiece, "bpe": train_bpe, "sentencepiece": train_sentencepiece}
+
+
+def build_tokenizer(config: RunConfig, files: list[str]) -> Tokenizer:
+    """Loads `config.tokenizer_path`, or trains a `config.tokenizer` vocabulary on `files`."""
+    if config.tokenizer_path:
+        return load_tokenizer(config.tokenizer_path, kind=config.tokenizer)
+    texts = (t.decode() for t in read_documents(files, config.data_format).as_numpy_iterator())
+    source = [Path(f) for f in files] if config.data_format == "text" else texts
+    return TRAINERS[config.tokenizer](source, config.vocabulary_size)
+
+
+def build_preprocessor(config: RunConfig, tokenizer: Tokenizer):
+    if config.task == "causal_lm":
+        return CausalLMPreprocessor(tokenizer, config.sequence_length)
+    return MaskedLMPreprocessor(tokenizer, config.sequence_length, seed=config.seed)
+
+
+def build_model(config: RunConfig, vocabulary_size: int) -> keras.Model:
+    """The task model of `config` (call inside `strategy.scope()`), compiled."""
+    if config.model not in PRESETS:
+        raise ValueError(f"`model` must be one of {sorted(PRESETS)}. Received: {config.model!r}")
+    preset = PRESETS[config.model]
+    wants = "gpt" if config.task == "causal_lm" else "bert"
+    if preset["backbone"] != wants:
+        raise ValueError(f"`task={config.task}` needs a {wants} preset. Received: {config.model!r}")
+    kwargs = {**preset["config"], **config.model_overrides, "vocabulary_size": vocabulary_size}
+    if config.sequence_length > kwargs.get("max_sequence_length", config.sequence_length):
+        raise ValueError(
+            f"`sequence_length` ({config.sequence_length}) exceeds the model's "
+            f"`max_sequence_length` ({kwargs['max_sequence_length']})."
+        )
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    if config.task == "causal_lm":
+        model = CausalLM(GPTBackbone(**kwargs, packed_sequences=True))
+    elif config.task == "masked_lm":
+        model = MaskedLM(BertBackbone(**kwargs))
+    else:
+        model = BertPretrainer(BertBackbone(**kwargs))
+    metrics = [Perplexity(), keras.metrics.SparseCategoricalAccuracy("accuracy")]
+    if config.task == "bert_pretraining":
+        nsp = [keras.metrics.SparseCategoricalAccuracy("accuracy")]
+        model.compile(
+            optimizer=make_optimizer(config),
+            loss={"mlm": loss, "nsp": loss},
+            weighted_metrics={"mlm": metrics, "nsp": nsp},
+        )
+    else:
+        model.compile(optimizer=make_optimizer(config), loss=loss, weighted_metrics=metrics)
+    return model
+
+
+def default_corpus() -> tuple[list[str], list[str]]:
+    """The built-in corpus: Shakespeare's plays; three tragedies are held out."""
+    plays = sorted(str(p) for p in assets.shakespeare_path().glob("*/*.md"))
+    held_out = [p for p in plays if Path(p).stem in ("hamlet", "macbeth", "othello")]
+    return [p for p in plays if p not in held_out], held_out
+
+
+def pretrain(config: RunConfig, verbose: bool = True) -> dict:
+    """Runs (or resumes) the pretraining of `config`; returns a summary dict.
+
+    Without `train_files` the built-in corpus is used (`default_corpus`).
+    """
+    if config.train_files:
+        files = expand_files(config.train_files, "train_files")
+        validation_files = (
+            expand_files(config.validation_files, "validation_files")
+            if config.validation_files
+            else []
+        )
+    else:
+        files, validation_files = default_corpus()
+    keras.config.set_dtype_policy(config.precision)
+    strategy = make_strategy(config.strategy)
+    if config.batch_size % strategy.num_replicas_in_sync:
+        raise ValueError(
+            f"`batch_size` ({config.batch_size}) must be divisible by the "
+            f"{strategy.num_replicas_in_sync} replicas."
+        )
+    run_dir = config.run_dir
+    config.save(run_dir / "config.json")
+    tokenizer_dir = run_dir / "tokenizer"
+    if tokenizer_dir.is_dir():  # a resumed run keeps its vocabulary
+        tokenizer = load_tokenizer(tokenizer_dir, kind=config.tokenizer)
+    else:
+        tokenizer = build_tokenizer(config, files)
+        save_tokenizer(tokenizer, tokenizer_dir)
+    preprocessor = build_preprocessor(config, tokenizer)
+    keras.utils.set_random_seed(config.seed)
+    with strategy.scope():
+        model = build_model(config, tokenizer.vocabulary_size())
+    backbone = model.backbone
+    tokens_per_batch = config.batch_size * config.sequence_length
+    flops = benchmarking.flops_per_token(
+        backbone.num_layers,
+        backbone.hidden_dim,
+        backbone.intermediate_dim,
+        backbone.vocabulary_size,
+        config.sequence_length,
+    )
+    peak = 2 * 2048**3 / benchmarking.matmul_timer("float32", size=2048)()
+    trainer = Trainer(
+        model,
+        strategy,
+        run_dir,
+        steps=config.steps,
+        checkpoint_every=config.checkpoint_every,
+        log_every=config.log_every,
+        tokens_per_batch=tokens_per_batch,
+        flops_per_token=flops,
+        peak_flops=peak,
+        verbose=verbose,
+    )
+    # Its own preprocessor: validation must not draw from the training masks' generator.
+    validation = (
+        pretraining_dataset_fn(
+            config, build_preprocessor(config, tokenizer), validation_files, training=False
+        )
+        if validation_files
+        else None
+    )
+    history = trainer.fit(
+        pretraining_dataset_fn(config, preprocessor, files),
+        validation_data=validation,
+        validation_steps=config.validation_steps,
+    )
+    if trainer.is_chief:
+        model.save(run_dir / "model.keras")
+        (run_dir / "history.json").write_text(json.dumps(history, indent=1))
+        if history["step"]:
+            plot_history(history, run_dir / "curves.png")
+    keras.config.set_dtype_policy("float32")
+    last = {k: v[-1] for k, v in history.items() if v}
+    return {"run_dir": str(run_dir), "replicas": strategy.num_replicas_in_sync, **last}
+
+
+def tf_data_service_servers() -> tuple[str, list]:
+    """An in-process tf.data service (dispatcher + one worker); returns its address.
+
+    For trying `tf_data_service` on one machine; on a cluster, start
+    `tf.data.experimental.service.DispatchServer` and `WorkerServer`s on their own hosts.
+    """
+    dispatcher = tf.data.experimental.service.DispatchServer()
+    address = dispatcher.target.split("://")[1]
+    worker = tf.data.experimental.service.WorkerServer(
+        tf.data.experimental.service.WorkerConfig(dispatcher_address=address)
+    )
+    return dispatcher.target, [dispatcher, worker]
