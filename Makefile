@@ -26,4 +26,4 @@ lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 benchmark: install
-	$(BIN)/python -m tools.benchmark
+	$(BIN)/python -m tools.benchmark train

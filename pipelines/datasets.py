@@ -97,6 +97,31 @@ def _sentences(document):
     return tf.boolean_mask(lines, lines != "")
 
 
+def shuffled_epochs(
+    dataset: tf.data.Dataset, buffer_size: int, seed: int | None
+) -> tf.data.Dataset:
+    """`dataset` repeated forever, each epoch shuffled with a seed derived from `(seed, epoch)`.
+
+    Unlike `shuffle(seed=...).repeat()`, whose iterators draw their orders from one shared
+    seed generator, every iterator over the result sees the same order however many
+    iterate it at once (NSP pairs read the documents three times, from parallel threads).
+    """
+    if seed is None:
+        return dataset.shuffle(buffer_size).repeat()
+
+    def epoch(index):
+        # Pins this function graph's global seed only: TF's `get_seed` cannot take a
+        # tensor op seed when the caller's global seed is 0.
+        tf.random.set_seed(1)
+        key = tf.stack([tf.constant(seed, tf.int64), index])
+        epoch_seed = tf.random.stateless_uniform(
+            [], seed=key, minval=None, maxval=None, dtype=tf.int64
+        )
+        return dataset.shuffle(buffer_size, seed=epoch_seed)
+
+    return tf.data.Dataset.counter().flat_map(epoch)
+
+
 def pretraining_dataset_fn(
     config, preprocessor, files: list[str], training: bool = True
 ) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
@@ -121,7 +146,7 @@ def pretraining_dataset_fn(
         else:
             documents = read_documents(files, config.data_format).shard(pipelines, index)
         if training:
-            documents = documents.shuffle(config.shuffle_buffer, seed=config.seed).repeat()
+            documents = shuffled_epochs(documents, config.shuffle_buffer, config.seed)
         if config.task == "causal_lm":
             examples = preprocessor.pack(documents).batch(batch_size, drop_remainder=True)
         else:

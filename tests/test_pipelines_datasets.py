@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipelines.datasets import expand_files, pretraining_dataset_fn, read_documents, write_tfrecords
+from pipelines.datasets import (
+    expand_files,
+    pretraining_dataset_fn,
+    read_documents,
+    shuffled_epochs,
+    write_tfrecords,
+)
 from tfllm.config import RunConfig
 from tfllm.preprocessing import CausalLMPreprocessor, MaskedLMPreprocessor
 from tfllm.pretraining import tf_data_service_servers
@@ -93,6 +99,22 @@ def _equal(a, b):
     return all(
         np.array_equal(x, y) for x, y in zip(tf.nest.flatten(a), tf.nest.flatten(b), strict=True)
     )
+
+
+@pytest.mark.parametrize("global_seed", [None, 0])
+def test_shuffled_epochs_are_permutations_that_parallel_readers_agree_on(global_seed):
+    if global_seed is not None:
+        tf.random.set_seed(global_seed)
+    epochs = shuffled_epochs(tf.data.Dataset.range(6), 6, seed=4)
+    # Two readers that pull from parallel threads: with a shared seed generator their
+    # epochs would be permuted in whatever order the threads happened to start them.
+    readers = [epochs.map(lambda x: x, num_parallel_calls=4).batch(6) for _ in range(2)]
+    together = tf.data.Dataset.zip(*readers).take(5)
+    for a, b in together.as_numpy_iterator():
+        np.testing.assert_array_equal(a, b)
+        assert sorted(a) == list(range(6))
+    orders = [tuple(a) for a, _ in together.as_numpy_iterator()]
+    assert len(set(orders)) > 1 and orders == [tuple(a) for a, _ in together.as_numpy_iterator()]
 
 
 @pytest.mark.parametrize("task", ["causal_lm", "masked_lm", "bert_pretraining"])

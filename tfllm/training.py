@@ -117,9 +117,71 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         )
 
 
-def make_optimizer(config) -> keras.optimizers.Optimizer:
+class LayerwiseLearningRates:
+    """Optimizer mixin: each variable's learning rate times its own multiplier.
+
+    The multiplier scales the variable's whole step: the optimizer update and the
+    decoupled weight decay (`lr * weight_decay * w`), as per-group learning rates do in
+    other frameworks. It cannot be done by scaling gradients: Adam-type updates
+    `m / (sqrt(v) + eps)` are invariant to the scale of the gradient.
+
+    Args:
+        learning_rate_multipliers: `{variable.path: multiplier}`; other variables get 1.
+        Everything else goes to the optimizer (AdamW, LAMB).
+    """
+
+    def __init__(self, *args, learning_rate_multipliers=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.learning_rate_multipliers = {
+            str(k): float(v) for k, v in (learning_rate_multipliers or {}).items()
+        }
+
+    def build(self, variables):
+        paths = [v.path for v in variables]
+        repeated = sorted(
+            {p for p in paths if paths.count(p) > 1} & set(self.learning_rate_multipliers)
+        )
+        if repeated:
+            raise ValueError(
+                f"`learning_rate_multipliers` names ambiguous variable paths: {repeated}"
+            )
+        super().build(variables)
+        multipliers = self.learning_rate_multipliers
+        self._multipliers = {self._var_key(v): multipliers.get(v.path, 1.0) for v in variables}
+
+    def _apply_weight_decay(self, variables):
+        """Done in `update_step` instead, where each variable's multiplier is known."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        multiplier = self._multipliers.get(self._var_key(variable), 1.0)
+        if multiplier != 1.0:
+            learning_rate = learning_rate * multiplier
+        if self.weight_decay is not None and self._use_weight_decay(variable):
+            # Keras's own order: decay every variable, then the optimizer step.
+            rate = keras.ops.cast(learning_rate * self.weight_decay, variable.dtype)
+            self.assign_sub(variable, variable * rate)
+        super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self):
+        return {**super().get_config(), "learning_rate_multipliers": self.learning_rate_multipliers}
+
+
+@keras.saving.register_keras_serializable(package="tfllm")
+class LayerwiseAdamW(LayerwiseLearningRates, keras.optimizers.AdamW):
+    """`keras.optimizers.AdamW` with per-variable learning-rate multipliers."""
+
+
+@keras.saving.register_keras_serializable(package="tfllm")
+class LayerwiseLamb(LayerwiseLearningRates, keras.optimizers.Lamb):
+    """`keras.optimizers.Lamb` with per-variable learning-rate multipliers."""
+
+
+def make_optimizer(config, learning_rate_multipliers=None) -> keras.optimizers.Optimizer:
     """AdamW or LAMB with decoupled weight decay (not on norms/biases), warmup + decay,
-    global-norm clipping and gradient accumulation, from a `RunConfig`."""
+    global-norm clipping and gradient accumulation, from a `RunConfig`.
+
+    `learning_rate_multipliers` (`{variable.path: factor}`, e.g. layer-wise decay) gives
+    `LayerwiseAdamW` / `LayerwiseLamb` instead."""
     schedule = WarmupDecay(
         config.learning_rate,
         config.warmup_steps,
@@ -138,7 +200,11 @@ def make_optimizer(config) -> keras.optimizers.Optimizer:
             config.gradient_accumulation_steps if config.gradient_accumulation_steps > 1 else None
         ),
     )
-    optimizer_class = {"adamw": keras.optimizers.AdamW, "lamb": keras.optimizers.Lamb}
+    if learning_rate_multipliers:
+        optimizer_class = {"adamw": LayerwiseAdamW, "lamb": LayerwiseLamb}
+        kwargs["learning_rate_multipliers"] = learning_rate_multipliers
+    else:
+        optimizer_class = {"adamw": keras.optimizers.AdamW, "lamb": keras.optimizers.Lamb}
     optimizer = optimizer_class[config.optimizer](**kwargs)
     optimizer.exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY)
     return optimizer

@@ -1,4 +1,8 @@
-"""Task models: one head on top of a backbone. Losses and metrics go in `compile()`."""
+"""Task models: one head on top of a backbone. Losses and metrics go in `compile()`.
+
+Pretraining: `CausalLM`, `MaskedLM`, `BertPretrainer`. Fine-tuning: `TextClassifier`,
+`TokenClassifier`.
+"""
 
 import keras
 
@@ -120,3 +124,131 @@ class BertPretrainer(Task):
         self.backbone = backbone
         self.mlm_head = head
         self.nsp_head = nsp_head
+
+
+def _check_classes(argument: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+        raise ValueError(f"`{argument}` must be an int >= 2. Received: {value!r}")
+
+
+def _check_dropout(dropout) -> None:
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ValueError(f"`dropout` must be a float in [0, 1). Received: {dropout!r}")
+
+
+def _check_bert(backbone) -> None:
+    if not isinstance(backbone, BertBackbone):
+        raise TypeError(
+            f"`backbone` must be a tfllm BertBackbone. Received: {type(backbone).__name__}"
+        )
+
+
+def _classification_head(backbone, units: int, dropout: float):
+    kwargs = dict(dtype=backbone.dtype_policy)
+    output_dropout = keras.layers.Dropout(dropout, name="output_dropout", **kwargs)
+    output_dense = keras.layers.Dense(
+        units,
+        kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+        name="logits",
+        **kwargs,
+    )
+    return output_dropout, output_dense
+
+
+@keras.saving.register_keras_serializable(package="tfllm")
+class TextClassifier(Task):
+    """Sentence (or sentence-pair) classification: `BertBackbone` + pooling + `Dense`.
+
+    Pairs need nothing special here: `BertPreprocessor` packs `(text_a, text_b)` into one
+    `[CLS] a [SEP] b [SEP]` row with segment ids 0 / 1.
+
+    Args:
+        backbone: a `BertBackbone` (pretrained or not).
+        num_classes: number of classes (>= 2).
+        pooling: `"cls"`: the backbone's `pooled_output` (tanh dense on `[CLS]`, as BERT);
+            `"mean"`: the mean of `sequence_output` over real tokens (`padding_mask` 1), as
+            sentence-transformers checkpoints such as all-MiniLM-L6-v2 were trained. With
+            `"mean"` the backbone's unused pooler is made non-trainable.
+        dropout: dropout rate before the output layer.
+
+    Inputs: the backbone's dict (`token_ids`, `segment_ids`, `padding_mask`).
+    Output: `logits` `(B, num_classes)`.
+
+    Example:
+    >>> model = TextClassifier(BertBackbone.from_preset("bert_tiny"), num_classes=2)
+    >>> loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    >>> model.compile("adamw", loss, metrics=["accuracy"])
+    """
+
+    config_keys = ("num_classes", "pooling", "dropout")
+
+    def __init__(
+        self,
+        backbone: BertBackbone,
+        num_classes: int,
+        pooling: str = "cls",
+        dropout: float = 0.1,
+        **kwargs,
+    ):
+        _check_bert(backbone)
+        _check_classes("num_classes", num_classes)
+        _check_dropout(dropout)
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"`pooling` must be 'cls' or 'mean'. Received: {pooling!r}")
+        inputs = dict(backbone.input)
+        outputs = backbone(inputs)
+        if pooling == "cls":
+            pooled = outputs["pooled_output"]  # (B, d)
+        else:
+            backbone.pooled_dense.trainable = False  # no gradient reaches it
+            sequence = outputs["sequence_output"]  # (B, T, d)
+            mask = keras.ops.cast(inputs["padding_mask"], sequence.dtype)[:, :, None]
+            count = keras.ops.maximum(keras.ops.sum(mask, axis=1), 1.0)  # (B, 1)
+            pooled = keras.ops.sum(sequence * mask, axis=1) / count
+        output_dropout, output_dense = _classification_head(backbone, num_classes, dropout)
+        super().__init__(inputs=inputs, outputs=output_dense(output_dropout(pooled)), **kwargs)
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.pooling = pooling
+        self.dropout = dropout
+        self.output_dropout = output_dropout
+        self.output_dense = output_dense
+
+
+@keras.saving.register_keras_serializable(package="tfllm")
+class TokenClassifier(Task):
+    """Token classification (NER with BIO tags): `BertBackbone` + `Dense` on every token.
+
+    Pair it with `TokenClassificationPreprocessor`, which labels the first word piece of
+    each word and gives other positions a `sample_weight` of 0. The backbone's pooler is
+    unused and made non-trainable.
+
+    Args:
+        backbone: a `BertBackbone`.
+        num_labels: number of tags (>= 2), e.g. `len(["O", "B-loc", "I-loc"])`.
+        dropout: dropout rate before the output layer.
+
+    Inputs: the backbone's dict. Output: `logits` `(B, T, num_labels)`.
+
+    Example:
+    >>> model = TokenClassifier(BertBackbone.from_preset("bert_tiny"), num_labels=3)
+    >>> loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    >>> model.compile("adamw", loss, weighted_metrics=[EntityF1(["O", "B-loc", "I-loc"])])
+    """
+
+    config_keys = ("num_labels", "dropout")
+
+    def __init__(self, backbone: BertBackbone, num_labels: int, dropout: float = 0.1, **kwargs):
+        _check_bert(backbone)
+        _check_classes("num_labels", num_labels)
+        _check_dropout(dropout)
+        inputs = dict(backbone.input)
+        backbone.pooled_dense.trainable = False  # no gradient reaches it
+        sequence = backbone(inputs)["sequence_output"]  # (B, T, d)
+        output_dropout, output_dense = _classification_head(backbone, num_labels, dropout)
+        super().__init__(inputs=inputs, outputs=output_dense(output_dropout(sequence)), **kwargs)
+        self.backbone = backbone
+        self.num_labels = num_labels
+        self.dropout = dropout
+        self.output_dropout = output_dropout
+        self.output_dense = output_dense

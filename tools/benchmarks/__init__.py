@@ -1,0 +1,40 @@
+"""Benchmark subcommands of `python -m tools.benchmark`: one module each.
+
+A module defines `DESCRIPTION`, `add_arguments(parser)` and `run(args, command)`; `run`
+prints its table and, with `--write`, replaces its own section of BENCHMARKS.md through
+`write_section`.
+"""
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+from tfllm.benchmarking import replace_section
+
+BENCHMARKS_FILE = Path(__file__).resolve().parents[2] / "BENCHMARKS.md"
+
+
+def machine() -> str:
+    """`lscpu` model name, core count and wide-vector extensions (platform fallback)."""
+    try:
+        info = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        info = ""
+    fields = {
+        k.strip(): v.strip()
+        for k, v in (line.split(":", 1) for line in info.splitlines() if ":" in line)
+    }
+    model = fields.get("Model name") or platform.processor() or platform.machine()
+    flags = fields.get("Flags", "").split()
+    extras = [name for flag, name in (("avx512f", "AVX-512"), ("amx_tile", "AMX")) if flag in flags]
+    return ", ".join([model, f"{os.cpu_count()} cores", *extras])
+
+
+def write_section(heading: str, body: str) -> None:
+    """Replaces (or appends) the `heading` section of BENCHMARKS.md, atomically."""
+    text = BENCHMARKS_FILE.read_text() if BENCHMARKS_FILE.exists() else "# tfllm benchmarks\n"
+    temporary = BENCHMARKS_FILE.with_suffix(".md.tmp")
+    temporary.write_text(replace_section(text, heading, body))
+    temporary.replace(BENCHMARKS_FILE)  # never a half-written file
+    print(f"updated {BENCHMARKS_FILE}")
