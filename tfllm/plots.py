@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -29,6 +30,46 @@ def plot_history(history: dict[str, list[float]], path, keys: tuple[str, ...] = 
         axis.set_title(name)
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def plot_confusion_matrix(matrix, label_names, path, title: str = "confusion matrix") -> Path:
+    """Heat map of `matrix[true, predicted]` counts, each row normalised to its support."""
+    matrix = np.asarray(matrix, dtype=float)
+    rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    size = 2.5 + 0.45 * len(label_names)
+    figure, axis = plt.subplots(figsize=(size + 1, size))
+    image = axis.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    figure.colorbar(image, ax=axis, label="fraction of the true class")
+    ticks = range(len(label_names))
+    axis.set_xticks(ticks, label_names, rotation=45, ha="right")
+    axis.set_yticks(ticks, label_names)
+    if len(label_names) <= 20:  # counts in the cells while they stay readable
+        for (i, j), count in np.ndenumerate(matrix):
+            color = "white" if rates[i, j] > 0.5 else "black"
+            axis.text(j, i, f"{count:.0f}", ha="center", va="center", color=color, fontsize=8)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    axis.set_title(title)
+    return _save(figure, path)
+
+
+def plot_per_class(scores: dict[str, float], path, title: str = "F1 per class") -> Path:
+    """Horizontal bars of one score per class (0-1)."""
+    names = list(scores)
+    figure, axis = plt.subplots(figsize=(6, 1 + 0.35 * len(names)))
+    axis.barh(names, [scores[n] for n in names], color="tab:blue")
+    axis.set_xlim(0, 1)
+    axis.invert_yaxis()
+    for i, name in enumerate(names):
+        axis.text(min(scores[name] + 0.01, 0.9), i, f"{scores[name]:.3f}", va="center")
+    axis.set_title(title)
+    axis.grid(alpha=0.3, axis="x")
+    return _save(figure, path)
+
+
+def _save(figure, path) -> Path:
+    """Writes `figure` as a PNG atomically: `path` is either the whole file or absent."""
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

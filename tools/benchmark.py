@@ -1,6 +1,7 @@
 """Side-by-side benchmarks; `--write` records them in BENCHMARKS.md.
 
     python -m tools.benchmark train [--models gpt,bert] [--write]   # training tokens/s
+    python -m tools.benchmark generate [--batch_sizes 1,8]          # generation ms/token
 
 Run `python -m tools.benchmark <command> --help` for each command's options.
 """
@@ -12,9 +13,9 @@ import sys
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tools.benchmarks import train  # noqa: E402
+from tools.benchmarks import generate, train  # noqa: E402
 
-COMMANDS = {"train": train}
+COMMANDS = {"train": train, "generate": generate}
 
 
 def main(argv=None):
