@@ -63,3 +63,13 @@ def test_replace_section_replaces_appends_and_keeps_other_sections():
 def test_markdown_table():
     table = bench.markdown_table(["x", "y"], [[1, "a"]])
     assert table == "| x | y |\n|---|---|\n| 1 | a |"
+
+
+def test_every_benchmark_command_has_the_module_interface():
+    from tools.benchmark import commands
+
+    modules = commands()
+    assert {"train", "generate", "tokenize"} <= set(modules)
+    for name, module in modules.items():
+        assert isinstance(module.DESCRIPTION, str) and module.DESCRIPTION, name
+        assert callable(module.add_arguments) and callable(module.run), name
