@@ -1,0 +1,114 @@
+"""Multi-stage jobs whose stages are skipped while their outputs are up to date.
+
+A `Stage` runs from one JSON config file, written to `<root>/configs/<name>.json` so the
+stage can also be rerun alone with its own tool. After a stage succeeds, a stamp
+`<root>/stamps/<name>.json` records a hash of its config and of the stamps of the stages
+it depends on (each stamp carries the time its run finished), with its summary.
+`run_stages` skips a stage whose outputs all exist and whose stamp matches; a changed
+config, or any rerun upstream, reruns everything downstream. `force` reruns the stages
+named (or all).
+
+Example:
+>>> stages = [Stage("data", {...}, run_data, outputs=("data/train-00000-of-00001.jsonl",)),
+...           Stage("gpt", {...}, run_train, outputs=("gpt/model.keras",), after=("data",))]
+>>> summaries = run_stages(stages, "runs/demo")
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One step of a job.
+
+    Args:
+        name: unique name; also the config and stamp file names.
+        config: JSON-able dict, written to `<root>/configs/<name>.json`.
+        run: `run(config_path) -> summary dict` (JSON-able).
+        outputs: paths (relative to the root, or absolute) the stage must produce.
+        after: names of the stages whose results it uses.
+    """
+
+    name: str
+    config: dict
+    run: Callable[[Path], dict]
+    outputs: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
+
+
+def _write_json(path: Path, value) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(json.dumps(value, indent=1, default=str))
+    os.replace(temp, path)
+
+
+def run_stages(
+    stages: Iterable[Stage],
+    root,
+    force: bool | Iterable[str] = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, dict]:
+    """Runs `stages` in order; returns `{name: summary}` (stored summaries when skipped).
+
+    Args:
+        stages: in an order where every stage comes after the ones it names in `after`.
+        root: the job folder (configs, stamps and relative outputs live there).
+        force: `True` reruns every stage; a collection of names reruns those and
+            everything that depends on them.
+        log: receives one line per stage.
+    """
+    root = Path(root)
+    stages = list(stages)
+    names = [s.name for s in stages]
+    if len(set(names)) != len(names):
+        raise ValueError(f"Stage names must be unique. Received: {names}")
+    forced = set(names) if force is True else set(force or ())
+    if forced - set(names):
+        raise ValueError(f"`force` names unknown stages {sorted(forced - set(names))}: {names}")
+    hashes, stamps, summaries = {}, {}, {}
+    for stage in stages:
+        missing = [name for name in stage.after if name not in stamps]
+        if missing:
+            raise ValueError(f"Stage {stage.name!r} needs {missing} to run before it.")
+        config_path = root / "configs" / f"{stage.name}.json"
+        _write_json(config_path, stage.config)
+        digest = hashlib.sha256(json.dumps(stage.config, sort_keys=True, default=str).encode())
+        for name in stage.after:
+            digest.update(json.dumps([stamps[name]["hash"], stamps[name]["finished"]]).encode())
+        hashes[stage.name] = digest.hexdigest()
+        stamp_path = root / "stamps" / f"{stage.name}.json"
+        stamp = json.loads(stamp_path.read_text()) if stamp_path.is_file() else {}
+        outputs = [root / output for output in stage.outputs]
+        if (
+            stage.name not in forced
+            and stamp.get("hash") == hashes[stage.name]
+            and all(p.exists() for p in outputs)
+        ):
+            log(f"[{stage.name}] up to date, skipped ({config_path})")
+            stamps[stage.name], summaries[stage.name] = stamp, stamp["summary"]
+            continue
+        log(f"[{stage.name}] running from {config_path}")
+        stamp_path.unlink(missing_ok=True)  # a failed run leaves no stale stamp behind
+        started = time.perf_counter()
+        summary = stage.run(config_path)
+        seconds = time.perf_counter() - started
+        absent = [str(p) for p in outputs if not p.exists()]
+        if absent:
+            raise RuntimeError(f"Stage {stage.name!r} finished without writing {absent}.")
+        stamp = {
+            "hash": hashes[stage.name],
+            "finished": time.time(),
+            "seconds": seconds,
+            "summary": summary,
+        }
+        _write_json(stamp_path, stamp)
+        log(f"[{stage.name}] done in {seconds:.1f} s")
+        stamps[stage.name], summaries[stage.name] = stamp, summary
+    return summaries
