@@ -1,0 +1,88 @@
+"""A bounded load test: `count` calls on `concurrency` threads, latency and throughput.
+
+The same runner times in-process signature calls and HTTP requests to a server, so the
+two are measured alike. A call fails by raising; failures are counted, not retried.
+
+Example:
+>>> call = http_caller("http://127.0.0.1:8501/v1/models/m:predict", bodies, check)
+>>> result = run_load(call, count=1000, concurrency=32)
+>>> result.requests_per_s, result.percentile_ms(50), result.percentile_ms(99)
+"""
+
+import dataclasses
+import http.client
+import json
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class LoadResult:
+    """Latencies of the calls that succeeded, failure messages and the wall time."""
+
+    latencies_s: list[float]
+    failures: list[str]
+    wall_s: float
+
+    @property
+    def requests_per_s(self) -> float:
+        return (len(self.latencies_s) + len(self.failures)) / self.wall_s
+
+    def percentile_ms(self, q: float) -> float:
+        return float(np.percentile(self.latencies_s, q)) * 1e3 if self.latencies_s else float("nan")
+
+
+def run_load(call: Callable[[int], None], count: int, concurrency: int) -> LoadResult:
+    """Runs `call(i)` for `i` in `range(count)`, at most `concurrency` at a time."""
+    if count < 1 or concurrency < 1:
+        raise ValueError(
+            f"`count` and `concurrency` must be >= 1. Received: {count}, {concurrency}"
+        )
+    latencies, failures = [], []
+
+    def timed(i: int) -> None:
+        start = time.perf_counter()
+        try:
+            call(i)
+        except Exception as error:  # a failed request is a result, not a crash
+            failures.append(f"request {i}: {type(error).__name__}: {error}")
+            return
+        latencies.append(time.perf_counter() - start)  # list.append is thread safe
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(timed, range(count)))
+    return LoadResult(latencies, failures, time.perf_counter() - start)
+
+
+def http_caller(
+    url: str, bodies: Sequence[dict], check: Callable[[int, dict], None]
+) -> Callable[[int], None]:
+    """`call(i)`: POSTs `bodies[i % len(bodies)]` as JSON to `url` over one kept-alive
+    connection per thread; raises unless HTTP 200 and `check(i, answer)` passes."""
+    parts = urllib.parse.urlsplit(url)
+    encoded = [json.dumps(body).encode() for body in bodies]
+    local = threading.local()
+
+    def call(i: int) -> None:
+        if getattr(local, "connection", None) is None:
+            local.connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+        try:
+            headers = {"Content-Type": "application/json"}
+            local.connection.request("POST", parts.path, encoded[i % len(encoded)], headers)
+            response = local.connection.getresponse()
+            answer = json.loads(response.read())
+        except (OSError, http.client.HTTPException):
+            local.connection.close()
+            local.connection = None
+            raise
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}: {answer}")
+        check(i, answer)
+
+    return call
