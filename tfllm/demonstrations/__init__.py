@@ -1,0 +1,60 @@
+"""In-context demonstration selection: which labelled examples to show a language model.
+
+Selectors (`select(queries, k) -> list[list[int]]`, pool indices in prompt order):
+`RandomSelector`, `BalancedSelector`, `KNNSelector` (KATE), `BM25Selector`,
+`MMRSelector`, `VoteKSelector`. Embeddings: `SentenceEncoder` (mean pooling, cosine),
+`embed_pool` (computed once, cached on disk), `top_k_similar` (chunked matrix products).
+Prompts: `PromptBuilder` (templates, token budget), `few_shot` with any text generator
+(`causal_lm_generator`, `signature_generator`). Evaluation: `evaluate_demonstrations`.
+
+Example:
+>>> from tfllm.demonstrations import KNNSelector, minilm_encoder
+>>> selector = KNNSelector(minilm_encoder(), pool_texts, pool_labels)
+>>> selector.select(["a gripping thriller"], k=4)
+"""
+
+from tfllm.demonstrations.embeddings import SentenceEncoder, embed_pool, top_k_similar
+from tfllm.demonstrations.evaluation import (
+    evaluate_demonstrations,
+    minilm_encoder,
+    report_markdown,
+    selection_metrics,
+)
+from tfllm.demonstrations.prompts import (
+    PromptBuilder,
+    causal_lm_generator,
+    few_shot,
+    signature_generator,
+)
+from tfllm.demonstrations.selectors import (
+    BalancedSelector,
+    BM25Selector,
+    KNNSelector,
+    MMRSelector,
+    RandomSelector,
+    Selector,
+    VoteKSelector,
+    vote_k,
+)
+
+__all__ = [
+    "BM25Selector",
+    "BalancedSelector",
+    "KNNSelector",
+    "MMRSelector",
+    "PromptBuilder",
+    "RandomSelector",
+    "Selector",
+    "SentenceEncoder",
+    "VoteKSelector",
+    "causal_lm_generator",
+    "embed_pool",
+    "evaluate_demonstrations",
+    "few_shot",
+    "minilm_encoder",
+    "report_markdown",
+    "selection_metrics",
+    "signature_generator",
+    "top_k_similar",
+    "vote_k",
+]
