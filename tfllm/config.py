@@ -69,6 +69,9 @@ class RunConfig:
     `pooling`, `layerwise_lr_decay` (1 = off), `freeze_layers` (embeddings and that many
     lowest layers; 0 = none), `early_stopping_patience` (evaluations without improvement;
     0 = never stop early). Validation runs every `log_every` steps.
+
+    Tuning: `search_space` (`{field or model setting: values or range}`, read by
+    `tfllm.tuning`; training runs ignore it).
     """
 
     name: str = "run"
@@ -113,6 +116,7 @@ class RunConfig:
     layerwise_lr_decay: float = 1.0
     freeze_layers: int = 0
     early_stopping_patience: int = 0
+    search_space: dict = dataclasses.field(default_factory=dict)  # tfllm.tuning
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
