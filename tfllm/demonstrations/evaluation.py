@@ -137,6 +137,7 @@ def _write_json(path: Path, report: dict) -> None:
     try:
         with os.fdopen(descriptor, "w") as f:
             json.dump(report, f, indent=1)
+        os.chmod(temporary, 0o644)  # mkstemp makes 0600
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

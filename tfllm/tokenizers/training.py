@@ -51,6 +51,7 @@ def write_atomically(output_dir, files: dict[str, bytes]) -> None:
             handle, temp = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
             with os.fdopen(handle, "wb") as f:
                 f.write(content)
+            os.chmod(temp, 0o644)  # mkstemp makes 0600; servers of other users read these
             staged.append((temp, folder / name))
         for temp, final in staged:
             os.replace(temp, final)
