@@ -55,7 +55,7 @@ def test_text_csv_parquet_compressed_and_broken_files(tmp_path):
     with gzip.open(tmp_path / "d.jsonl.gz", "wt") as f:
         f.write(json.dumps({"id": "z", "text": "zipped"}) + "\n")
     (tmp_path / "e.jsonl.gz").write_bytes(b"not gzip at all")
-    (tmp_path / "notes.md").write_text("ignored format")
+    (tmp_path / "notes.rtf").write_text("ignored format")
     items = list(collect.collect([str(tmp_path)], text_unit="paragraph"))
     records, problems = _split(items)
     assert [r["text"] for r in records] == [
