@@ -7,11 +7,13 @@ import keras
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-from tfllm.tokenizers.base import Tokenizer, read_lines
+from tfllm.tokenizers.base import Tokenizer, read_lines, transform_unless_plain
 
 # Removed before tokenizing, as BERT's `clean_text`: NUL, U+FFFD and the Cc (but \t \n \r,
 # which are whitespace), Cf and Co categories.
 CONTROL_CHARACTERS = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\p{Cf}\p{Co}\x{FFFD}]"
+# Rows of printable ASCII (and \t \n \r) need only lower-casing.
+PRINTABLE_ASCII = r"[\t\n\r\x20-\x7e]*"
 
 
 @keras.saving.register_keras_serializable(package="tfllm")
@@ -85,6 +87,12 @@ class WordPieceTokenizer(Tokenizer):
         )
 
     def _tokenize(self, strings):
+        lower = tf.strings.lower if self.lowercase else None
+        strings = transform_unless_plain(strings, self._normalize, PRINTABLE_ASCII, lower)
+        return self._tokenizer.tokenize(strings)
+
+    def _normalize(self, strings):
+        """BERT's normalization of `(B,)` strings (before splitting into words)."""
         # BERT's clean_text: control characters are removed (words are not split there).
         # It also keeps `tf.strings.lower` from stopping at a NUL byte.
         strings = tf.strings.regex_replace(strings, CONTROL_CHARACTERS, "")
@@ -95,7 +103,7 @@ class WordPieceTokenizer(Tokenizer):
             # Character by character as Hugging Face: no final sigma ("ΣΑΣ" -> "σασ").
             strings = tf.strings.regex_replace(strings, "Σ", "σ")
             strings = tf.strings.lower(strings, encoding="utf-8")
-        return self._tokenizer.tokenize(strings)
+        return strings
 
     def _detokenize(self, ids):
         """Pieces joined into words, words joined by single spaces (BERT has no spacing)."""
