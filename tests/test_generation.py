@@ -86,6 +86,14 @@ def test_cached_equals_uncached_and_batch_equals_single(lm):
     assert batch == [generate(lm, [prompt], NEW)[0] for prompt in PROMPTS]
 
 
+def test_xla_decoding_gives_the_same_tokens(lm):
+    """Under XLA the cache is written with a dynamic update slice, else a strided update."""
+    for sampler in ("greedy", BeamSampler(2)):
+        assert generate(lm, PROMPTS, NEW, sampler, jit_compile=True) == generate(
+            lm, PROMPTS, NEW, sampler, jit_compile=False
+        )
+
+
 def test_padded_inputs_on_either_side_give_the_same_tokens(lm):
     expected = np.array(generate(lm, PROMPTS, NEW))
     length = max(map(len, PROMPTS))

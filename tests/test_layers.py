@@ -274,7 +274,12 @@ def _decode(step, x, chunks, cache):
         outputs.append(np.asarray(out))
         start += size
     assert start == x.shape[1]
-    return np.concatenate(outputs, axis=1), np.asarray(cache)
+    return np.concatenate(outputs, axis=1), np.stack([np.asarray(c) for c in cache], axis=1)
+
+
+def _zero_cache(kv_heads, length, head_size):
+    """A `(key, value)` pair of zero caches `(B, kv_heads, length, head_size)`."""
+    return (tf.zeros((B, kv_heads, length, head_size)),) * 2
 
 
 def _stepper(layer, graph, cache_spec, **call_kwargs):
@@ -287,7 +292,7 @@ def _stepper(layer, graph, cache_spec, **call_kwargs):
         return step
     signature = [
         tf.TensorSpec((None, None, D), "float32"),
-        tf.TensorSpec(cache_spec, "float32"),
+        (tf.TensorSpec(cache_spec, "float32"),) * 2,
         tf.TensorSpec((), "int32"),
     ]
     return tf.function(step, input_signature=signature, jit_compile=False)
@@ -313,13 +318,12 @@ def test_attention_kv_cache_matches_full_causal_pass(kwargs, graph, chunks, x):
     layer = _attention(**kwargs)
     kv_heads, head_size = layer.num_key_value_heads or layer.num_heads, D // layer.num_heads
     want = np.asarray(layer(x, use_causal_mask=True))
-    cache_spec = (None, 2, None, kv_heads, head_size)
-    step = _stepper(layer, graph, cache_spec, use_causal_mask=True)
-    cache = tf.zeros((B, 2, T + 3, kv_heads, head_size))  # 3 unused slots must stay hidden
-    got, cache = _decode(step, x, chunks, cache)
+    step = _stepper(layer, graph, (None, kv_heads, None, head_size), use_causal_mask=True)
+    cache = _zero_cache(kv_heads, T + 3, head_size)  # 3 unused slots must stay hidden
+    got, cache = _decode(step, x, chunks, cache)  # cache (B, 2, K, S, hs)
     np.testing.assert_allclose(got, want, **TOL)
-    assert (np.abs(cache[:, :, :T]).max(axis=(0, 1, 3, 4)) > 0).all()  # filled slots ...
-    np.testing.assert_array_equal(cache[:, :, T:], 0.0)  # ... and untouched ones
+    assert (np.abs(cache[:, :, :, :T]).max(axis=(0, 1, 2, 4)) > 0).all()  # filled slots ...
+    np.testing.assert_array_equal(cache[:, :, :, T:], 0.0)  # ... and untouched ones
     if graph:
         assert step.experimental_get_tracing_count() == 1  # one trace for every chunk length
 
@@ -348,11 +352,11 @@ def test_decoder_kv_cache_matches_full_pass(kwargs, graph, chunks, x):
     block.build(x.shape)
     helpers.randomize_weights(block)
     kv_heads = kwargs.get("num_key_value_heads") or block.num_heads
-    cache_shape = (B, 2, T + 2, kv_heads, D // block.num_heads)
-    step = _stepper(block, graph, (None, *cache_shape[1:]))
-    got, cache = _decode(step, x, chunks, tf.zeros(cache_shape))
+    head_size = D // block.num_heads
+    step = _stepper(block, graph, (None, kv_heads, None, head_size))
+    got, cache = _decode(step, x, chunks, _zero_cache(kv_heads, T + 2, head_size))
     np.testing.assert_allclose(got, block(x), **TOL)
-    np.testing.assert_array_equal(cache[:, :, T:], 0.0)
+    np.testing.assert_array_equal(cache[:, :, :, T:], 0.0)
 
 
 # --- embeddings ----------------------------------------------------------------------------
@@ -476,7 +480,7 @@ def test_decoder_kv_cache_with_position_ids_matches_full_pass(chunks, x):
             inputs, padding_mask=mask, position_ids=ids, cache=cache, cache_update_index=index
         )
 
-    got, _ = _decode(step, x, chunks, tf.zeros((B, 2, T, 2, D // 2)))
+    got, _ = _decode(step, x, chunks, _zero_cache(2, T, D // 2))
     np.testing.assert_allclose(got[mask], want[mask], **TOL)  # real tokens only
 
 
@@ -866,18 +870,25 @@ def test_attention_rejects_wrong_input_rank(shape, built, x):
 
 def test_attention_cache_needs_update_index(x):
     with pytest.raises(ValueError, match="`cache_update_index`"):
-        MultiHeadAttention(2)(x, cache=np.zeros((B, 2, T, 2, 8), "float32"))
+        MultiHeadAttention(2)(x, cache=_zero_cache(2, T, 8))
 
 
 @pytest.mark.parametrize(
-    "cache_shape",
-    [(B, 2, T, 1, 8), (B, 2, T, 2, 4), (B, 2, T, 16), (B, 3, T, 2, 8)],
-    ids=["kv_heads", "head_dim", "rank4", "not_key_value"],
+    "cache",
+    [
+        (np.zeros((B, 1, T, 8)),) * 2,
+        (np.zeros((B, 2, T, 4)),) * 2,
+        (np.zeros((B, 2, T, 2, 8)),) * 2,
+        (np.zeros((B, 2, T, 8)),) * 3,
+        np.zeros((B, 2, T, 2, 8)),
+    ],
+    ids=["kv_heads", "head_dim", "rank5", "three", "one_array"],
 )
-def test_attention_rejects_bad_cache_shape(cache_shape, x):
+def test_attention_rejects_bad_cache(cache, x):
     layer = MultiHeadAttention(2)
-    with pytest.raises(ValueError, match=r"`cache` must have shape \(batch, 2, max_length, 2, 8\)"):
-        layer(x, cache=np.zeros(cache_shape, "float32"), cache_update_index=0)
+    match = r"a pair \(key_cache, value_cache\), each of shape \(batch, 2, max_length, 8\)"
+    with pytest.raises(ValueError, match=match):
+        layer(x, cache=cache, cache_update_index=0)
 
 
 @pytest.mark.parametrize("bad_id", [-1, 20, 1000])

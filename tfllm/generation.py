@@ -265,7 +265,7 @@ def _beam_search(sampler, logits, cache, forward, is_stop, num_stop, max_new_tok
     batch, vocab = tf.shape(logits)[0], logits.shape[-1]
     num_candidates = beams * (1 + num_stop)
     num_candidates = min(num_candidates, beams * vocab) if vocab else num_candidates
-    cache = tf.repeat(cache, beams, axis=0)  # (B * W, ...)
+    cache = tf.nest.map_structure(lambda c: tf.repeat(c, beams, axis=0), cache)  # (B * W, ...)
     logits = tf.repeat(logits, beams, axis=0)
     # Only beam 0 is live at first, so the first step does not pick one token W times.
     alive_logp = tf.tile(tf.constant([[0.0] + [-np.inf] * (beams - 1)]), [batch, 1])  # (B, W)
@@ -300,7 +300,7 @@ def _beam_search(sampler, logits, cache, forward, is_stop, num_stop, max_new_tok
         return tf.reduce_all(finished_score[:, -1] >= best)
 
     def body(i, tokens, parent, state, cache):
-        cache = tf.gather(cache, parent, axis=0)
+        cache = tf.nest.map_structure(lambda c: tf.gather(c, parent, axis=0), cache)
         logits, cache = forward(tf.reshape(tokens, [-1]), cache, i)
         *state, parent, tokens = step(i, logits, *state)
         return i + 1, tokens, parent, tuple(state), cache

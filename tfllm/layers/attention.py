@@ -1,7 +1,9 @@
 """Multi-head self-attention with masks, grouped-query heads, RoPE and a KV cache."""
 
 import keras
+import tensorflow as tf
 from keras import ops
+from tensorflow.python.ops.control_flow_util import GraphOrParentsInXlaContext
 
 from tfllm.layers.embedding import RotaryEmbedding
 
@@ -56,6 +58,28 @@ def compute_attention_mask(
     return mask
 
 
+def write_cache(cache, new, index):
+    """`cache (B, K, S, hs)` with `new (B, T, K, hs)` written at positions `[index, index + T)`.
+
+    Under XLA this is a dynamic update slice (in place in a decoding loop). Without XLA
+    `keras.ops.slice_update` runs a one-op XLA program per call; the strided-slice update
+    op takes a third of its time (4 layers, B 8, S 96: 0.12 against 0.42 ms per step).
+    """
+    new = ops.transpose(ops.cast(new, cache.dtype), (0, 2, 1, 3))
+    if GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+        return ops.slice_update(cache, (0, 0, index, 0), new)
+    start = ops.cast(index, "int32")
+    return tf.raw_ops.TensorStridedSliceUpdate(
+        input=cache,
+        begin=ops.stack([0, 0, start, 0]),
+        end=ops.stack([0, 0, start + ops.shape(new)[2], 0]),
+        strides=[1, 1, 1, 1],
+        value=new,
+        begin_mask=0b1011,  # all of axes 0, 1 and 3
+        end_mask=0b1011,
+    )
+
+
 @keras.saving.register_keras_serializable(package="tfllm")
 class MultiHeadAttention(keras.layers.Layer):
     """Multi-head self-attention with grouped-query heads, RoPE and a KV cache.
@@ -63,7 +87,10 @@ class MultiHeadAttention(keras.layers.Layer):
     Queries, keys and values come from one fused projection (`qkv`, one matmul instead of
     three); attention itself runs through `keras.ops.dot_product_attention` (the fused
     path) except while training, where an explicit softmax with attention dropout (which
-    that op does not offer) is used; it computes the same values.
+    that op does not offer) is used; it computes the same values. With a KV cache, keys
+    and values are kept head-major, `(B, K, S, head_dim)`, so that attention is two
+    batched matmuls over the cache with no copy of it; one group of `N / K` query heads
+    shares each cached head.
 
     Args:
         num_heads: number of query heads `N`.
@@ -81,7 +108,8 @@ class MultiHeadAttention(keras.layers.Layer):
         inputs: `(B, T, hidden_dim)`.
         attention_mask, padding_mask, use_causal_mask, segment_ids: see
             `compute_attention_mask`; all are combined.
-        cache: optional `(B, 2, S, K, head_dim)` keys and values of earlier steps.
+        cache: optional `(key_cache, value_cache)`, each `(B, K, S, head_dim)`: keys and
+            values of earlier steps.
         cache_update_index: where the `T` new keys/values go in the cache (required with
             `cache`); queries then sit at positions `cache_update_index + t`.
         position_ids: optional `(B, T)` RoPE positions of the inputs, when they differ
@@ -89,7 +117,8 @@ class MultiHeadAttention(keras.layers.Layer):
         training: enables attention dropout.
 
     Returns:
-        `(B, T, hidden_dim)`, or `(outputs, updated_cache)` when `cache` is given.
+        `(B, T, hidden_dim)`, or `(outputs, (key_cache, value_cache))` when `cache` is
+        given.
 
     Example:
     >>> layer = MultiHeadAttention(num_heads=2)
@@ -189,31 +218,28 @@ class MultiHeadAttention(keras.layers.Layer):
         if cache is not None:
             if cache_update_index is None:
                 raise ValueError("`cache_update_index` is required when `cache` is given.")
-            if len(cache.shape) != 5 or cache.shape[1] != 2 or tuple(cache.shape[-2:]) != (k, h):
-                raise ValueError(
-                    f"`cache` must have shape (batch, 2, max_length, {k}, {h}). "
-                    f"Received: shape {tuple(cache.shape)}"
-                )
+            self._check_cache(cache)
             start = cache_update_index
         if self.rotary is not None:
             query = self.rotary(query, start_index=start, position_ids=position_ids)
             key = self.rotary(key, start_index=start, position_ids=position_ids)
+        key_length = length
         if cache is not None:
-            index = (0, cache_update_index, 0, 0)
-            key = ops.slice_update(cache[:, 0], index, ops.cast(key, cache.dtype))
-            value = ops.slice_update(cache[:, 1], index, ops.cast(value, cache.dtype))
-            cache = ops.stack([key, value], axis=1)  # (B, 2, S, K, hs)
-            key, value = ops.cast(key, query.dtype), ops.cast(value, query.dtype)
+            cache = (write_cache(cache[0], key, start), write_cache(cache[1], value, start))
+            key_length = ops.shape(cache[0])[2]
 
         mask = compute_attention_mask(
             length,
-            ops.shape(key)[1],
+            key_length,
             attention_mask=attention_mask,
             padding_mask=padding_mask,
             use_causal_mask=use_causal_mask,
             segment_ids=segment_ids,
             query_start=start,
         )
+        if cache is not None:
+            outputs = self._attention_over_cache(query, *cache, mask)
+            return self.output_dense(ops.reshape(outputs, (batch, length, n * h))), cache
         if k != n:  # grouped-query attention: each K/V head serves N / K query heads
             key = ops.repeat(key, n // k, axis=2)
             value = ops.repeat(value, n // k, axis=2)
@@ -227,8 +253,36 @@ class MultiHeadAttention(keras.layers.Layer):
             outputs = self._attention_with_dropout(query, key, value, mask, training)
         else:
             outputs = ops.dot_product_attention(query, key, value, mask=mask)
-        outputs = self.output_dense(ops.reshape(outputs, (batch, length, n * h)))
-        return outputs if cache is None else (outputs, cache)
+        return self.output_dense(ops.reshape(outputs, (batch, length, n * h)))
+
+    def _check_cache(self, cache):
+        k, h = self._kv_heads, self._head_size
+        pair = isinstance(cache, (tuple, list)) and len(cache) == 2
+        shapes = [tuple(getattr(c, "shape", ())) for c in cache] if pair else type(cache)
+        if not pair or any(len(s) != 4 or s[1] != k or s[3] != h for s in shapes):
+            raise ValueError(
+                f"`cache` must be a pair (key_cache, value_cache), each of shape "
+                f"(batch, {k}, max_length, {h}). Received: {shapes}"
+            )
+
+    def _attention_over_cache(self, query, key_cache, value_cache, mask):
+        """`query (B, T, N, hs)` against `(B, K, S, hs)` caches -> `(B, T, N, hs)`."""
+        batch, length = ops.shape(query)[0], ops.shape(query)[1]
+        n, k, h = self.num_heads, self._kv_heads, self._head_size
+        groups = n // k
+        # Query head `j` reads cached head `j // groups`: rows (group, t) of one matmul.
+        query = ops.reshape(query, (batch, length, k, groups, h))
+        query = ops.reshape(ops.transpose(query, (0, 2, 3, 1, 4)), (batch, k, groups * length, h))
+        logits = tf.matmul(query, ops.cast(key_cache, query.dtype), transpose_b=True)
+        logits = ops.cast(logits, "float32") * (1.0 / float(h) ** 0.5)  # (B, K, G*T, S)
+        if mask is not None:
+            logits = ops.reshape(logits, (batch, k, groups, length, -1))
+            logits = ops.where(mask[:, None, None], logits, -1e9)
+            logits = ops.reshape(logits, (batch, k, groups * length, -1))
+        probs = ops.cast(ops.softmax(logits, axis=-1), query.dtype)
+        outputs = tf.matmul(probs, ops.cast(value_cache, query.dtype))  # (B, K, G*T, hs)
+        outputs = ops.reshape(outputs, (batch, k, groups, length, h))
+        return ops.transpose(outputs, (0, 3, 1, 2, 4))  # (B, T, K, G, hs)
 
     def _attention_with_dropout(self, query, key, value, mask, training):
         """`softmax(q k^T / sqrt(hs))` with dropout on the probabilities, then `@ v`.

@@ -210,8 +210,8 @@ class TransformerDecoderBlock(keras.layers.Layer):
         inputs: `(B, T, hidden_dim)`.
         padding_mask: optional `(B, S)`, 0 at padding.
         segment_ids: optional `(B, S)` document ids of packed sequences.
-        cache, cache_update_index: KV cache `(B, 2, S, K, head_dim)` and write position,
-            as in `MultiHeadAttention`.
+        cache, cache_update_index: KV cache `(key_cache, value_cache)`, each
+            `(B, K, S, head_dim)`, and write position, as in `MultiHeadAttention`.
         position_ids: optional `(B, T)` RoPE positions, as in `MultiHeadAttention`.
 
     Returns:

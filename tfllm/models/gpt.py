@@ -167,18 +167,19 @@ class GPTBackbone(Backbone):
         self.final_norm = final_norm
 
     def init_cache(self, batch_size, max_length=None):
-        """Zero KV cache `(B, num_layers, 2, max_length, num_key_value_heads, head_dim)`."""
+        """Zero KV cache: per layer a pair `(key, value)`, each `(B, K, max_length, head_dim)`.
+
+        `K` is `num_key_value_heads` (or `num_heads`). Separate tensors, not one stacked
+        array: a decoding step then writes each in place (XLA) or copies only the rows it
+        needs, instead of slicing and re-stacking the whole cache.
+        """
         max_length = self.max_sequence_length if max_length is None else max_length
         kv_heads = self.num_key_value_heads or self.num_heads
-        shape = (
-            batch_size,
-            self.num_layers,
-            2,
-            max_length,
-            kv_heads,
-            self.hidden_dim // self.num_heads,
+        shape = (batch_size, kv_heads, max_length, self.hidden_dim // self.num_heads)
+        return tuple(
+            (ops.zeros(shape, self.compute_dtype), ops.zeros(shape, self.compute_dtype))
+            for _ in range(self.num_layers)
         )
-        return ops.zeros(shape, dtype=self.compute_dtype)
 
     def call_with_cache(
         self, token_ids, cache, cache_update_index, padding_mask=None, position_ids=None
@@ -187,7 +188,8 @@ class GPTBackbone(Backbone):
 
         Args:
             token_ids: `(B, T)` new tokens, at positions `cache_update_index + t`.
-            cache: `(B, L, 2, S, K, head_dim)` from `init_cache` or an earlier call.
+            cache: from `init_cache` or an earlier call: `num_layers` pairs of
+                `(B, K, S, head_dim)` keys and values.
             cache_update_index: int or scalar tensor, where the new keys/values go.
             padding_mask: optional `(B, S)` over all cache positions (0 = padding).
             position_ids: optional `(B, T)` positions of the new tokens when they differ
@@ -203,16 +205,16 @@ class GPTBackbone(Backbone):
                 x, start_index=cache_update_index, position_ids=position_ids
             )
         updated = []
-        for i, block in enumerate(self.transformer_layers):
+        for block, layer_cache in zip(self.transformer_layers, cache, strict=True):
             x, layer_cache = block(
                 x,
                 padding_mask=padding_mask,
-                cache=cache[:, i],
+                cache=layer_cache,
                 cache_update_index=cache_update_index,
                 position_ids=position_ids,
             )
             updated.append(layer_cache)
-        return self.final_norm(x), ops.stack(updated, axis=1)
+        return self.final_norm(x), tuple(updated)
 
     @classmethod
     def from_huggingface(cls, path, **overrides) -> "GPTBackbone":
