@@ -38,9 +38,13 @@ class TableLM:
             init_cache=lambda batch_size, max_length: tf.zeros([batch_size, max_length]),
         )
 
-    def call_with_cache(self, token_ids, cache, index, padding_mask=None, position_ids=None):
+    def call_with_cache(
+        self, token_ids, cache, index, padding_mask=None, position_ids=None, logit_positions=None
+    ):
         self.calls.assign_add(1)
-        return tf.gather(self.log_probs, token_ids), cache  # (B, T, V)
+        if logit_positions is not None:
+            token_ids = tf.gather(token_ids, logit_positions, batch_dims=1)  # (B,)
+        return tf.gather(self.log_probs, token_ids), cache  # (B, T, V) or (B, V)
 
 
 def random_table(vocab=8, seed=0):

@@ -272,6 +272,17 @@ def test_causal_lm_cache_logits_equal_full_logits(preset):
     np.testing.assert_allclose(cached, full, atol=1e-5, rtol=0)
 
 
+def test_causal_lm_logits_at_chosen_positions():
+    lm = CausalLM(GPTBackbone.from_preset("gpt_tiny"))
+    inputs = make_inputs(lm, length=6)
+    positions = np.arange(BATCH) % 6
+    cache = lm.backbone.init_cache(BATCH, max_length=6)
+    full, _ = lm.call_with_cache(inputs["token_ids"], cache, 0)
+    chosen, _ = lm.call_with_cache(inputs["token_ids"], cache, 0, logit_positions=positions)
+    want = as_numpy(full)[np.arange(BATCH), positions]
+    np.testing.assert_allclose(as_numpy(chosen), want, atol=1e-5, rtol=0)
+
+
 def test_cache_step_in_tf_function_with_tensor_index():
     """Generation loops compile one step with a tensor `cache_update_index`."""
     lm = CausalLM(GPTBackbone.from_preset("llama_tiny"))

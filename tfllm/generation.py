@@ -180,7 +180,8 @@ def decode(model, token_ids, padding_mask, max_new_tokens, sampler, stop_token_i
     """The decoding graph: `(new_ids (B, N) int32, new_mask (B, N) bool)`. Traceable.
 
     Args:
-        model: a `CausalLM` (anything with `call_with_cache` and `backbone.init_cache`).
+        model: a `CausalLM` (anything with `call_with_cache`, taking `logit_positions`,
+            and `backbone.init_cache`).
         token_ids, padding_mask: `(B, P)` prompts, padded on either side (every row needs
             a token).
         max_new_tokens: python int `N`.
@@ -201,9 +202,9 @@ def decode(model, token_ids, padding_mask, max_new_tokens, sampler, stop_token_i
     cache_mask = tf.concat([mask, tf.ones([batch, max_new_tokens], tf.int32)], axis=1)
     cache = model.backbone.init_cache(batch, length + max_new_tokens)
     logits, cache = model.call_with_cache(
-        token_ids, cache, 0, padding_mask=cache_mask, position_ids=positions
+        token_ids, cache, 0, padding_mask=cache_mask, position_ids=positions, logit_positions=last
     )
-    logits = tf.cast(tf.gather(logits, last, batch_dims=1), tf.float32)  # (B, V)
+    logits = tf.cast(logits, tf.float32)  # (B, V): after each prompt's last token
 
     rows = sampler.num_beams if isinstance(sampler, BeamSampler) else 1
     cache_mask, lengths = tf.repeat(cache_mask, rows, axis=0), tf.repeat(lengths, rows)

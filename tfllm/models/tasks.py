@@ -5,6 +5,7 @@ Pretraining: `CausalLM`, `MaskedLM`, `BertPretrainer`. Fine-tuning: `TextClassif
 """
 
 import keras
+from keras import ops
 
 from tfllm.layers import MaskedLMHead
 from tfllm.models.bert import BertBackbone
@@ -48,12 +49,24 @@ class CausalLM(Task):
         self.backbone = backbone
 
     def call_with_cache(
-        self, token_ids, cache, cache_update_index, padding_mask=None, position_ids=None
+        self,
+        token_ids,
+        cache,
+        cache_update_index,
+        padding_mask=None,
+        position_ids=None,
+        logit_positions=None,
     ):
-        """`(logits (B, T, V), cache)` for `T` new tokens; see `GPTBackbone.call_with_cache`."""
+        """`(logits (B, T, V), cache)` for `T` new tokens; see `GPTBackbone.call_with_cache`.
+
+        `logit_positions`: optional `(B,)` index into `T` per row; then only those logits
+        are computed, `(B, V)` (a prompt's prefill needs just its last position's).
+        """
         x, cache = self.backbone.call_with_cache(
             token_ids, cache, cache_update_index, padding_mask, position_ids
         )
+        if logit_positions is not None:
+            x = ops.take_along_axis(x, ops.reshape(logit_positions, (-1, 1, 1)), axis=1)[:, 0]
         return self.backbone.token_embedding(x, reverse=True), cache
 
 
