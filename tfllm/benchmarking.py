@@ -119,12 +119,14 @@ def synthetic_batch(task, batch_size=16, sequence_length=128, vocabulary_size=81
 
 
 def build_models(task, precision="fp32", dropout=0.1):
-    """`{"tfllm": model, "keras-hub": model}` of one size, compiled identically.
+    """`{"tfllm": model, "keras-hub": model}` of one size, compiled alike (AdamW, no
+    metrics, no XLA), each with its library's sparse cross-entropy.
 
     The global dtype policy is set for the build and restored afterwards.
     """
     import keras_hub
 
+    from tfllm.losses import SparseCategoricalCrossentropy
     from tfllm.models import BertBackbone, CausalLM, GPTBackbone, MaskedLM
 
     previous = keras.config.dtype_policy()
@@ -146,13 +148,11 @@ def build_models(task, precision="fp32", dropout=0.1):
             raise ValueError(f"`task` must be 'gpt' or 'bert'. Received: {task!r}")
     finally:
         keras.config.set_dtype_policy(previous)
-    for model in (ours, theirs):
-        model.compile(
-            optimizer=keras.optimizers.AdamW(1e-4),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            weighted_metrics=None,
-            jit_compile=False,
-        )
+    # Each library's own loss (the same values): tfllm's has a faster gradient.
+    losses = (SparseCategoricalCrossentropy(), keras.losses.SparseCategoricalCrossentropy(True))
+    for model, loss in zip((ours, theirs), losses, strict=True):
+        optimizer = keras.optimizers.AdamW(1e-4)
+        model.compile(optimizer, loss, weighted_metrics=None, jit_compile=False)
     return {"tfllm": ours, "keras-hub": theirs}
 
 

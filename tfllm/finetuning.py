@@ -29,6 +29,7 @@ from pipelines import labelled
 from pipelines.datasets import expand_files
 from tfllm import assets
 from tfllm.config import RunConfig
+from tfllm.losses import SparseCategoricalCrossentropy
 from tfllm.metrics import EntityF1, PrecisionRecallF1
 from tfllm.models import PRESETS, BertBackbone, TextClassifier, TokenClassifier
 from tfllm.plots import plot_history
@@ -162,7 +163,7 @@ def layerwise_learning_rate_multipliers(model: keras.Model, decay: float) -> dic
 
 def build_task(config: RunConfig, backbone: BertBackbone, label_names) -> tuple[keras.Model, str]:
     """The compiled task model (call inside `strategy.scope()`) and its validation monitor."""
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    loss = SparseCategoricalCrossentropy()
     accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
     if config.task == "classification":
         model = TextClassifier(backbone, len(label_names), pooling=config.pooling)

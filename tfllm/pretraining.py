@@ -13,6 +13,7 @@ import tensorflow as tf
 from pipelines.datasets import expand_files, pretraining_dataset_fn, read_documents
 from tfllm import assets, benchmarking
 from tfllm.config import RunConfig
+from tfllm.losses import SparseCategoricalCrossentropy
 from tfllm.metrics import Perplexity
 from tfllm.models import PRESETS, BertBackbone, BertPretrainer, CausalLM, GPTBackbone, MaskedLM
 from tfllm.plots import plot_history
@@ -59,7 +60,7 @@ def build_model(config: RunConfig, vocabulary_size: int) -> keras.Model:
             f"`sequence_length` ({config.sequence_length}) exceeds the model's "
             f"`max_sequence_length` ({kwargs['max_sequence_length']})."
         )
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    loss = SparseCategoricalCrossentropy()
     if config.task == "causal_lm":
         model = CausalLM(GPTBackbone(**kwargs, packed_sequences=True))
     elif config.task == "masked_lm":

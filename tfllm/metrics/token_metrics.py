@@ -9,6 +9,7 @@ A `sample_weight` of 0 leaves a position out (padding, ignored labels).
 import keras
 from keras import ops
 
+from tfllm.losses import sparse_cross_entropy
 from tfllm.metrics._common import SCORES, check_choice, labels_and_predictions, token_weights
 
 AVERAGES = ("micro", "macro", "weighted", None)
@@ -51,7 +52,10 @@ class Perplexity(keras.metrics.Metric):
         weight = token_weights(sample_weight, ops.shape(y_true), "float32")  # (B, T)
         # Left-out labels may be out of range (e.g. -100), which the loss op rejects.
         y_true = ops.where(weight != 0, ops.cast(y_true, "int32"), 0)
-        nll = ops.sparse_categorical_crossentropy(y_true, y_pred, from_logits=self.from_logits)
+        if self.from_logits:
+            nll = sparse_cross_entropy(y_true, y_pred)
+        else:
+            nll = ops.sparse_categorical_crossentropy(y_true, y_pred)
         nll = ops.where(weight != 0, nll * weight, 0.0)  # 0 * inf would be nan
         self.nll_sum.assign_add(ops.cast(ops.sum(nll), self.dtype))
         self.weight_sum.assign_add(ops.cast(ops.sum(weight), self.dtype))

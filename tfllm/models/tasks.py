@@ -39,7 +39,7 @@ class CausalLM(Task):
 
     Example:
     >>> lm = CausalLM(GPTBackbone.from_preset("gpt_tiny"))
-    >>> lm.compile("adamw", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    >>> lm.compile("adamw", tfllm.losses.SparseCategoricalCrossentropy())
     """
 
     def __init__(self, backbone: GPTBackbone, **kwargs):
@@ -107,7 +107,7 @@ class BertPretrainer(Task):
 
     Example:
     >>> model = BertPretrainer(BertBackbone.from_preset("bert_tiny"))
-    >>> loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    >>> loss = tfllm.losses.SparseCategoricalCrossentropy()
     >>> model.compile("adamw", loss={"mlm": loss, "nsp": loss})
     """
 
@@ -189,7 +189,7 @@ class TextClassifier(Task):
 
     Example:
     >>> model = TextClassifier(BertBackbone.from_preset("bert_tiny"), num_classes=2)
-    >>> loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    >>> loss = tfllm.losses.SparseCategoricalCrossentropy()
     >>> model.compile("adamw", loss, metrics=["accuracy"])
     """
 
@@ -245,7 +245,7 @@ class TokenClassifier(Task):
 
     Example:
     >>> model = TokenClassifier(BertBackbone.from_preset("bert_tiny"), num_labels=3)
-    >>> loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    >>> loss = tfllm.losses.SparseCategoricalCrossentropy()
     >>> model.compile("adamw", loss, weighted_metrics=[EntityF1(["O", "B-loc", "I-loc"])])
     """
 

@@ -48,6 +48,7 @@ def plain_search(trials: int, steps: int, directory: str) -> list[dict]:
     import keras_tuner
     import numpy as np
 
+    from tfllm.losses import SparseCategoricalCrossentropy
     from tfllm.models import CausalLM, GPTBackbone
 
     ids = np.random.default_rng(0).integers(0, 1024, (64, 17)).astype("int32")
@@ -57,7 +58,7 @@ def plain_search(trials: int, steps: int, directory: str) -> list[dict]:
         layers = hp.Int("num_layers", 1, 2)
         model = CausalLM(GPTBackbone.from_preset("gpt_tiny", num_layers=layers))
         optimizer = keras.optimizers.AdamW(hp.Float("learning_rate", 1e-4, 1e-2, sampling="log"))
-        model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.compile(optimizer, SparseCategoricalCrossentropy())
         return model
 
     memory = []
