@@ -3,8 +3,8 @@
 TensorFlow's `sparse_softmax_cross_entropy_with_logits` (behind Keras's
 `SparseCategoricalCrossentropy`) computes the loss and its gradient in one kernel that
 takes 73 ms forward for 2048 x 8192 fp32 logits on 2 cores. Here the loss is
-`logsumexp(logits) - logits[label]` in a few multi-threaded element-wise ops and the
-gradient `softmax * dy`, minus `dy` at the labels (a sparse update): 40 ms forward and
+`logsumexp(logits) - logits[label]` from one fused softmax and two row maxima, and the
+gradient `softmax * dy`, minus `dy` at the labels (a sparse update): 33 ms forward and
 backward against 76 ms, the same numbers (gradients within 1e-10).
 """
 
@@ -27,13 +27,14 @@ def sparse_cross_entropy(labels, logits):
 
     @tf.custom_gradient
     def loss_and_gradient(logits):
-        top = tf.reduce_max(logits, axis=-1, keepdims=True)  # (N, 1): exp never overflows
-        exp = tf.exp(logits - top)
-        total = tf.reduce_sum(exp, axis=-1)  # (N,)
-        loss = tf.math.log(total) + top[:, 0] - tf.gather_nd(logits, rows)
+        probs = tf.nn.softmax(logits)  # one fused kernel
+        # log-sum-exp = max + log(sum(exp(x - max))) = max - log(max(softmax)): the largest
+        # probability is 1 / sum(exp(x - max)), in [1 / V, 1], so it never underflows.
+        log_sum_exp = tf.reduce_max(logits, axis=-1) - tf.math.log(tf.reduce_max(probs, axis=-1))
+        loss = log_sum_exp - tf.gather_nd(logits, rows)
 
         def gradient(upstream):  # d loss / d logits = softmax - one_hot(label)
-            return tf.tensor_scatter_nd_sub(exp * (upstream / total)[:, None], rows, upstream)
+            return tf.tensor_scatter_nd_sub(probs * upstream[:, None], rows, upstream)
 
         return loss, gradient
 
