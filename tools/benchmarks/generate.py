@@ -119,7 +119,9 @@ def section_body(command, table, args):
 GPT 4 layers, d 256, 4 heads, ff 1024, vocab 8192, random weights shared by both models;
 greedy, prompt {args.prompt} tokens, {args.new} new tokens, no stop token. keras-hub
 `GPT2CausalLM.generate` (preprocessor `None`, padded inputs) against
-`tfllm.generation.generate` (KV cache, the whole loop one `tf.function`), each without XLA
+`tfllm.generation.generate` (the whole loop one `tf.function`; per layer one head-major
+key and one value cache tensor, written in place; the prefill projects only each prompt's
+last position to the vocabulary), each without XLA
 (the default of both on CPU) and with `jit_compile=True`; speed-ups are against keras-hub
 without XLA (compare the XLA rows with each other for XLA against XLA).
 {args.rounds} interleaved rounds after {args.warmup} untimed call(s) (compilation); medians.

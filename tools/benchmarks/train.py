@@ -89,8 +89,10 @@ def section_body(command, peaks, table, args):
 
 GPT/BERT 4 layers, d 256, 4 heads, ff 1024, vocab 8192, T {SEQUENCE_LENGTH}, batch
 {BATCH_SIZE}; AdamW(1e-4), no metrics, `jit_compile=False`, `train_on_batch` on in-memory
-synthetic ids. {args.rounds} interleaved rounds of {args.steps} steps after {args.warmup}
-untimed round(s); tokens/s (all B×T input tokens, masked LM too) are medians over rounds,
+synthetic ids; loss: each library's sparse cross-entropy from logits (same values:
+`tfllm.losses.SparseCategoricalCrossentropy`, `keras.losses.SparseCategoricalCrossentropy`).
+{args.rounds} interleaved rounds of {args.steps} steps after {args.warmup} untimed round(s);
+tokens/s (all B×T input tokens, masked LM too) are medians over rounds,
 ratio = median over rounds of tfllm / keras-hub step time ratios.
 MFU = FLOPs/token (6 × matmul weights + 12·L·T·d attention; masked LM counts its head
 at 20/128 positions) × tokens/s / measured `tf.matmul` 4096² peak ({peak_text}).
