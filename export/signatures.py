@@ -6,7 +6,7 @@ TensorFlow and tensorflow-text ops, so a SavedModel of them needs nothing else.
 
 | signature | inputs | outputs |
 |---|---|---|
-| `classify` | `text` | `label_ids` (B,), `labels` (B,), `probabilities` (B, C) |
+| `classify` | `text` | `label_ids` (B,), `labels` (B,), `probabilities` (B, C), `classes` (B, C) |
 | `embed` | `text` | `pooled_output`, `mean_pooled_output` (B, d) |
 | `fill_mask` | `text` with `[MASK]`s | `num_masks` (B,), `mask_positions` (B, M), `token_ids`, `tokens`, `scores` (B, M, k) |
 | `tag` | `text` | per word (B, W): `words`, `word_starts`, `word_ends`, `tags`, `tag_scores`; per entity (B, E): `entities`, `entity_types`, `entity_starts`, `entity_ends`; `num_words`, `num_entities` (B,) |
@@ -40,7 +40,15 @@ def classify_endpoint(model, preprocessor: BertPreprocessor, label_names):
         probabilities = tf.nn.softmax(_float32(model(preprocessor(text), training=False)))
         label_ids = tf.argmax(probabilities, axis=-1, output_type=tf.int32)  # (B,)
         labels = tf.gather(names, label_ids)
-        return {"label_ids": label_ids, "labels": labels, "probabilities": probabilities}
+        # (B, C) class names beside the (B, C) probabilities: TF Serving's Classify API
+        # (`:classify`) pairs them into `[label, score]`.
+        classes = tf.tile(names[None], [tf.shape(probabilities)[0], 1])
+        return {
+            "label_ids": label_ids,
+            "labels": labels,
+            "probabilities": probabilities,
+            "classes": classes,
+        }
 
     return classify, [TEXT]
 

@@ -381,3 +381,4 @@ def test_serves_a_tfllm_export(tmp_path):
         scores = [[score for _, score in pairs] for pairs in body["result"]]
         assert status == 200
         np.testing.assert_allclose(scores, expected, atol=1e-5)
+        assert [[label for label, _ in pairs] for pairs in body["result"]] == [names] * len(texts)
