@@ -63,7 +63,7 @@ def write_cache(cache, new, index):
 
     Under XLA this is a dynamic update slice (in place in a decoding loop). Without XLA
     `keras.ops.slice_update` runs a one-op XLA program per call; the strided-slice update
-    op takes a third of its time (4 layers, B 8, S 96: 0.12 against 0.42 ms per step).
+    op avoids that (attention of 4 layers, B 8, S 96: 1.19 against 1.67 ms per step).
     """
     new = ops.transpose(ops.cast(new, cache.dtype), (0, 2, 1, 3))
     if GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
