@@ -230,8 +230,10 @@ def tag_endpoint(model, preprocessor: TokenClassificationPreprocessor):
 class RowSampler(Sampler):
     """Per-row sampling settings `(B,)`: temperature (0 = greedy), top_k (0 = all), top_p.
 
-    With one setting for the whole batch it draws as `TopKSampler(k, t)` (top_p 1) or
-    `TopPSampler(p, t)` (top_k 0) of `tfllm.generation` with the same seed.
+    Called with per-row seeds `(B, 2)`, each row draws alone: a row with seed `s` gets
+    the tokens of `tfllm.generation.generate` on that prompt alone with `seed=s` and
+    `TopKSampler(k, t)` (top_p 1) or `TopPSampler(p, t)` (top_k 0), whatever requests
+    the server batches with it.
     """
 
     name = "row"
@@ -249,7 +251,11 @@ class RowSampler(Sampler):
         before = tf.cumsum(tf.nn.softmax(values), axis=-1, exclusive=True)
         p = self.top_p[:, None]
         values = tf.where((p < 1.0) & (before >= p), -np.inf, values)
-        choice = tf.random.stateless_categorical(values, 1, seed, dtype=tf.int32)[:, 0]
+        choice = tf.map_fn(  # one draw per row and seed: (V,) logits, (2,) seed
+            lambda row: tf.random.stateless_categorical(row[0][None], 1, row[1], tf.int32)[0, 0],
+            (values, seed),
+            fn_output_signature=tf.int32,
+        )
         greedy = tf.argmax(logits, axis=-1, output_type=tf.int32)
         return tf.where(sampling, tf.gather(ids, choice, batch_dims=1), greedy)
 
@@ -291,8 +297,8 @@ def generate_endpoints(model, tokenizer, max_new_tokens: int, sampler, stop_toke
     Both continue each prompt as `tfllm.generation.generate` does (same decoding graph,
     KV cache inside), keeping the prompt's last tokens when it is too long for the
     context. `generate_with_options` takes per-row (or one-element) settings; each
-    `max_new_tokens` is clipped to `[1, max_sequence_length - 1]`; the seed of row 0
-    seeds the batch.
+    `max_new_tokens` is clipped to `[1, max_sequence_length - 1]`; each row samples
+    with its own seed (see `RowSampler`).
     """
     context = model.backbone.max_sequence_length
     stops = tuple(stop_token_ids)
@@ -308,8 +314,8 @@ def generate_endpoints(model, tokenizer, max_new_tokens: int, sampler, stop_toke
         limit = tf.clip_by_value(tf.broadcast_to(max_new_tokens, shape), 1, context - 1)
         steps = tf.reduce_max(limit)
         sampler = RowSampler(*(tf.broadcast_to(v, shape) for v in (temperature, top_k, top_p)))
-        seed = tf.math.floormod(seed[0], 2**62)
-        seed = tf.cast(tf.stack([seed // 2**31, seed % 2**31]), tf.int32)
+        seed = tf.math.floormod(tf.broadcast_to(seed, shape), 2**62)
+        seed = tf.cast(tf.stack([seed // 2**31, seed % 2**31], axis=1), tf.int32)  # (B, 2)
         token_ids, mask = _prompts(tokenizer, text, context - steps, start_id)
         new_ids, new_mask = decode(model, token_ids, mask, steps, sampler, stops, seed)
         return _generated(tokenizer, new_ids, new_mask, stops, limit)

@@ -19,7 +19,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 from export import saved_model
 from export.saved_model import check_export, example_inputs, export_saved_model
 from tfllm.config import RunConfig
-from tfllm.generation import TopKSampler, generate
+from tfllm.generation import TopKSampler, TopPSampler, generate
 from tfllm.models import (
     BertBackbone,
     CausalLM,
@@ -234,12 +234,22 @@ def test_generate_matches_in_process_generation(lm_export, causal_lm, tokenizer)
     prompts = ["the cat sat on", "once upon a time"]
     out = call(lm_export, "generate", text=prompts)
     assert [t.decode() for t in out["text"]] == generate(causal_lm, prompts, 6, tokenizer=tokenizer)
+    # Each row samples with its own seed: as the prompt alone, whatever it is batched with.
     sampled = call(
         lm_export, "generate_with_options", text=prompts, max_new_tokens=[5],
-        temperature=[0.8], top_k=[3], top_p=[1.0], seed=np.array([11], np.int64),
+        temperature=[0.8], top_k=[3], top_p=[1.0], seed=np.array([11, 12], np.int64),
     )  # fmt: skip
-    expected = generate(causal_lm, prompts, 5, TopKSampler(3, 0.8), seed=11, tokenizer=tokenizer)
+    expected = [
+        generate(causal_lm, prompt, 5, TopKSampler(3, 0.8), seed=seed, tokenizer=tokenizer)
+        for prompt, seed in zip(prompts, (11, 12), strict=True)
+    ]
     assert [t.decode() for t in sampled["text"]] == expected
+    nucleus = call(
+        lm_export, "generate_with_options", text=prompts[1:], max_new_tokens=[5],
+        temperature=[1.0], top_k=[0], top_p=[0.9], seed=np.array([12], np.int64),
+    )  # fmt: skip
+    alone = generate(causal_lm, prompts[1], 5, TopPSampler(0.9), seed=12, tokenizer=tokenizer)
+    assert nucleus["text"][0].decode() == alone
     short = call(
         lm_export, "generate_with_options", text=prompts, max_new_tokens=[2, 4],
         temperature=[0.0], top_k=[0], top_p=[1.0], seed=np.array([0], np.int64),

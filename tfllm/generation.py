@@ -188,7 +188,9 @@ def decode(model, token_ids, padding_mask, max_new_tokens, sampler, stop_token_i
         sampler: a `Sampler` (or identifier).
         stop_token_ids: python ints; a row stops after producing one of them (it is kept
             in the output and masked in, later positions hold `PAD_ID` and are masked out).
-        seed: `(2,)` int seed of the stateless random ops.
+        seed: `(2,)` int seed of the stateless random ops, or `(B, 2)`: one per row, for a
+            sampler that draws each row alone (`sampler(logits, seeds (B, 2))`), so that a
+            row's tokens do not depend on the rows batched with it.
     """
     sampler = get_sampler(sampler)
     token_ids = tf.cast(token_ids, tf.int32)
@@ -230,6 +232,9 @@ def decode(model, token_ids, padding_mask, max_new_tokens, sampler, stop_token_i
     else:
 
         def sample(logits, i):
+            if seed.shape.rank == 2:  # per row, as if each row were decoded alone
+                fold = tf.random.experimental.stateless_fold_in
+                return sampler(logits, tf.map_fn(lambda row: fold(row, i), seed))
             return sampler(logits, tf.random.experimental.stateless_fold_in(seed, i))
 
         tokens = sample(logits, 0)
