@@ -508,6 +508,39 @@ def test_encoder_block_matches_numpy_post_norm(activation, x, rng):
     np.testing.assert_allclose(block(x, **call_kwargs), want, atol=1e-4, rtol=1e-4)
 
 
+# Two query rows per batch row, in any order, repeats allowed.
+QUERY_POSITIONS = np.array([[0, 5], [4, 4], [7, 1]], "int32")
+
+
+def _rows(values, positions=QUERY_POSITIONS):
+    return np.take_along_axis(np.asarray(values), positions[:, :, None], axis=1)
+
+
+@pytest.mark.parametrize("kind", MASK_KINDS)
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "training_path"])
+def test_attention_query_positions_match_numpy_rows(kind, training, x, rng):
+    layer = _attention(num_heads=4, num_key_value_heads=2, rope_max_wavelength=100.0)
+    call_kwargs, mask = _masks(kind, rng)
+    want = _rows(helpers.attention(layer, x, mask))
+    got = layer(x, query_positions=QUERY_POSITIONS, training=training, **call_kwargs)
+    np.testing.assert_allclose(got, want, **TOL)
+
+
+def test_encoder_block_query_positions_match_numpy_rows(x, rng):
+    block = TransformerEncoderBlock(2, 24, layer_norm_epsilon=1e-6)
+    block.build(x.shape)
+    helpers.randomize_weights(block)
+    call_kwargs, mask = _masks("attention_mask_padding", rng)
+    h = x + helpers.attention(block.attention, x, mask)
+    h = helpers.normalize("layer_norm", block.attention_norm, h)
+    h = h + helpers.feedforward(block.feedforward, h)
+    want = _rows(helpers.normalize("layer_norm", block.feedforward_norm, h))
+    got = block(x, query_positions=QUERY_POSITIONS, **call_kwargs)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+    symbolic = block(keras.Input((T, D)), query_positions=keras.Input((2,), dtype="int32"))
+    assert tuple(symbolic.shape) == (None, 2, D)
+
+
 def _decoder_reference(block, x, mask, positions=None):
     """Pre-norm decoder block in numpy: `h = x + MHA(norm(x)); h + FFN(norm(h))`."""
     norm = block.normalization
@@ -866,6 +899,13 @@ def test_attention_rejects_wrong_input_rank(shape, built, x):
         layer(x)
     with pytest.raises(ValueError, match="ndim=3|batch, length, hidden_dim"):
         layer(np.zeros(shape, "float32"))
+
+
+def test_attention_query_positions_reject_cache(x):
+    layer = _attention()
+    cache = (np.zeros((B, 2, T, D // 2), "float32"),) * 2
+    with pytest.raises(ValueError, match="`query_positions`"):
+        layer(x, cache=cache, cache_update_index=0, query_positions=QUERY_POSITIONS)
 
 
 def test_attention_cache_needs_update_index(x):

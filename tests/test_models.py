@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfllm.models import BertBackbone, CausalLM, GPTBackbone, MaskedLM
+from tfllm.models import (
+    BertBackbone,
+    BertPretrainer,
+    CausalLM,
+    GPTBackbone,
+    MaskedLM,
+    TextClassifier,
+)
 
 # Every model kind under test, built from the tiny presets (vocabulary 1024, hidden 64).
 MODELS = {
@@ -281,6 +288,25 @@ def test_causal_lm_logits_at_chosen_positions():
     chosen, _ = lm.call_with_cache(inputs["token_ids"], cache, 0, logit_positions=positions)
     want = as_numpy(full)[np.arange(BATCH), positions]
     np.testing.assert_allclose(as_numpy(chosen), want, atol=1e-5, rtol=0)
+
+
+def test_bert_tasks_run_the_last_block_at_read_positions_only():
+    """Masked LM, pretraining and [CLS] classification equal heads on the full pass."""
+    backbone = BertBackbone.from_preset("bert_tiny")
+    masked_lm = MaskedLM(backbone)
+    inputs = make_inputs(masked_lm)
+    positions = inputs["mask_positions"]
+    full = backbone({key: inputs[key] for key in backbone.input})
+    rows = np.take_along_axis(as_numpy(full["sequence_output"]), positions[:, :, None], axis=1)
+    assert_outputs_close(backbone.sequence_output_at(inputs, positions), rows)
+    assert_outputs_close(masked_lm(inputs), masked_lm.mlm_head(full["sequence_output"], positions))
+    pretrainer = BertPretrainer(backbone)
+    got = pretrainer(inputs)
+    assert_outputs_close(got["mlm"], pretrainer.mlm_head(full["sequence_output"], positions))
+    assert_outputs_close(got["nsp"], pretrainer.nsp_head(full["pooled_output"]))
+    classifier = TextClassifier(backbone, num_classes=3)
+    want = classifier.output_dense(full["pooled_output"])
+    assert_outputs_close(classifier({key: inputs[key] for key in backbone.input}), want)
 
 
 def test_cache_step_in_tf_function_with_tensor_index():

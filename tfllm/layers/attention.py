@@ -80,6 +80,17 @@ def write_cache(cache, new, index):
     )
 
 
+def _select_queries(query, mask, positions):
+    """Rows `positions (B, P)` of `query (B, T, N, hs)` and of `mask (B or 1, T or 1, S)`."""
+    positions = ops.cast(positions, "int32")
+    query = tf.gather(query, positions, axis=1, batch_dims=1)  # (B, P, N, hs)
+    if mask is not None and mask.shape[1] != 1:
+        batch, length = ops.shape(positions)[0], ops.shape(mask)[1]
+        mask = ops.broadcast_to(mask, (batch, length, ops.shape(mask)[2]))
+        mask = tf.gather(mask, positions, axis=1, batch_dims=1)  # (B, P, S)
+    return query, mask
+
+
 @keras.saving.register_keras_serializable(package="tfllm")
 class MultiHeadAttention(keras.layers.Layer):
     """Multi-head self-attention with grouped-query heads, RoPE and a KV cache.
@@ -114,6 +125,9 @@ class MultiHeadAttention(keras.layers.Layer):
             `cache`); queries then sit at positions `cache_update_index + t`.
         position_ids: optional `(B, T)` RoPE positions of the inputs, when they differ
             from their index (left-padded rows); masks still use the index.
+        query_positions: optional `(B, P)` int: attend from these positions only (keys and
+            values still come from all `T`); the output is then `(B, P, hidden_dim)`,
+            equal to those rows of the full output. Not with `cache`.
         training: enables attention dropout.
 
     Returns:
@@ -204,9 +218,12 @@ class MultiHeadAttention(keras.layers.Layer):
         cache=None,
         cache_update_index=None,
         position_ids=None,
+        query_positions=None,
         training=None,
     ):
         batch, length = ops.shape(inputs)[0], ops.shape(inputs)[1]
+        if query_positions is not None and cache is not None:
+            raise ValueError("`query_positions` cannot be combined with `cache`.")
         n, k, h = self.num_heads, self._kv_heads, self._head_size
         qkv = self.qkv_dense(inputs)  # (B, T, (N + 2K) * hs)
         query, key, value = ops.split(qkv, [n * h, (n + k) * h], axis=-1)
@@ -240,6 +257,9 @@ class MultiHeadAttention(keras.layers.Layer):
         if cache is not None:
             outputs = self._attention_over_cache(query, *cache, mask)
             return self.output_dense(ops.reshape(outputs, (batch, length, n * h))), cache
+        if query_positions is not None:
+            query, mask = _select_queries(query, mask, query_positions)
+            length = ops.shape(query)[1]
         if k != n:  # grouped-query attention: each K/V head serves N / K query heads
             key = ops.repeat(key, n // k, axis=2)
             value = ops.repeat(value, n // k, axis=2)
@@ -307,8 +327,10 @@ class MultiHeadAttention(keras.layers.Layer):
         probs = self.attention_dropout(probs, training=training)
         return ops.einsum("bnts,bsnh->btnh", probs, value)  # (B, T, N, hs)
 
-    def compute_output_shape(self, inputs_shape):
-        return inputs_shape
+    def compute_output_shape(self, inputs_shape, query_positions_shape=None):
+        if query_positions_shape is None:
+            return inputs_shape
+        return (*query_positions_shape, inputs_shape[-1])
 
     def get_config(self):
         config = super().get_config()

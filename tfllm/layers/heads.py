@@ -19,7 +19,8 @@ class MaskedLMHead(keras.layers.Layer):
 
     Call arguments:
         inputs: `(B, T, hidden_dim)` sequence output.
-        mask_positions: `(B, P)` int positions to predict.
+        mask_positions: `(B, P)` int positions to predict; `None` when `inputs` are
+            already those positions' rows, `(B, P, hidden_dim)`.
 
     Returns:
         `(B, P, vocabulary_size)` logits.
@@ -61,16 +62,19 @@ class MaskedLMHead(keras.layers.Layer):
             name="output_bias", shape=(self.token_embedding.input_dim,), initializer="zeros"
         )
 
-    def call(self, inputs, mask_positions):
-        x = ops.take_along_axis(inputs, ops.cast(mask_positions, "int32")[:, :, None], axis=1)
+    def call(self, inputs, mask_positions=None):
+        x = inputs
+        if mask_positions is not None:
+            x = ops.take_along_axis(x, ops.cast(mask_positions, "int32")[:, :, None], axis=1)
         x = self.layer_norm(
             ELEMENTWISE_ACTIVATIONS[self.activation](self.transform(x))
         )  # (B, P, d)
         logits = self.token_embedding(x, reverse=True)  # (B, P, V)
         return logits + ops.cast(self.output_bias, logits.dtype)
 
-    def compute_output_shape(self, inputs_shape, mask_positions_shape):
-        return (*mask_positions_shape, self.token_embedding.input_dim)
+    def compute_output_shape(self, inputs_shape, mask_positions_shape=None):
+        rows = inputs_shape[:-1] if mask_positions_shape is None else mask_positions_shape
+        return (*rows, self.token_embedding.input_dim)
 
     def get_config(self):
         config = super().get_config()

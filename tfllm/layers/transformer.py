@@ -3,6 +3,7 @@
 import functools
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from tfllm.layers.attention import MultiHeadAttention
@@ -114,9 +115,12 @@ class TransformerEncoderBlock(keras.layers.Layer):
         inputs: `(B, T, hidden_dim)`.
         padding_mask: optional `(B, T)`, 0 at padding.
         attention_mask: optional `(B, T, T)` boolean mask, combined with `padding_mask`.
+        query_positions: optional `(B, P)` int: compute only these positions' outputs
+            (attention still reads all `T`), `(B, P, hidden_dim)`. A last block needs no
+            more when only some positions are read (masked LM, `[CLS]` pooling).
 
     Returns:
-        `(B, T, hidden_dim)`.
+        `(B, T, hidden_dim)`, or `(B, P, hidden_dim)` with `query_positions`.
     """
 
     def __init__(
@@ -163,16 +167,24 @@ class TransformerEncoderBlock(keras.layers.Layer):
         for layer in (self.attention, self.attention_norm, self.feedforward, self.feedforward_norm):
             layer.build(inputs_shape)
 
-    def call(self, inputs, padding_mask=None, attention_mask=None, training=None):
+    def call(
+        self, inputs, padding_mask=None, attention_mask=None, query_positions=None, training=None
+    ):
         attended = self.attention(
-            inputs, attention_mask=attention_mask, padding_mask=padding_mask, training=training
+            inputs,
+            attention_mask=attention_mask,
+            padding_mask=padding_mask,
+            query_positions=query_positions,
+            training=training,
         )
+        if query_positions is not None:
+            inputs = tf.gather(inputs, ops.cast(query_positions, "int32"), axis=1, batch_dims=1)
         x = self.attention_norm(inputs + self.residual_dropout(attended, training=training))
         transformed = self.feedforward(x)
         return self.feedforward_norm(x + self.residual_dropout(transformed, training=training))
 
-    def compute_output_shape(self, inputs_shape):
-        return inputs_shape
+    def compute_output_shape(self, inputs_shape, query_positions_shape=None):
+        return self.attention.compute_output_shape(inputs_shape, query_positions_shape)
 
     def get_config(self):
         config = super().get_config()

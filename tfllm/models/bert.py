@@ -1,5 +1,7 @@
 """BERT encoder backbone."""
 
+from types import SimpleNamespace
+
 import keras
 
 from tfllm.layers import PositionEmbedding, TokenEmbedding, TransformerEncoderBlock
@@ -115,11 +117,15 @@ class BertBackbone(Backbone):
             key: keras.Input(shape=(None,), dtype="int32", name=key)
             for key in ("token_ids", "segment_ids", "padding_mask")
         }
-        tokens = token_embedding(inputs["token_ids"])  # (B, T, d)
-        x = tokens + position_embedding(tokens) + segment_embedding(inputs["segment_ids"])
-        x = embeddings_dropout(embeddings_norm(x))
-        for block in blocks:
-            x = block(x, padding_mask=inputs["padding_mask"])
+        parts = SimpleNamespace(
+            token_embedding=token_embedding,
+            position_embedding=position_embedding,
+            segment_embedding=segment_embedding,
+            embeddings_norm=embeddings_norm,
+            embeddings_dropout=embeddings_dropout,
+            transformer_layers=blocks,
+        )
+        x = _encode(parts, inputs)
         outputs = {"sequence_output": x, "pooled_output": pooled_dense(x[:, 0, :])}
         super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
 
@@ -137,8 +143,19 @@ class BertBackbone(Backbone):
         self.position_embedding = position_embedding
         self.segment_embedding = segment_embedding
         self.embeddings_norm = embeddings_norm
+        self.embeddings_dropout = embeddings_dropout
         self.transformer_layers = blocks
         self.pooled_dense = pooled_dense
+
+    def sequence_output_at(self, inputs: dict, positions):
+        """`sequence_output` at `positions (B, P)` only: `(B, P, hidden_dim)`.
+
+        Equal to gathering those rows of `self(inputs)["sequence_output"]`, but the last
+        block computes only them (its keys and values still read every token): a masked
+        LM at 15% masking skips about 70% of the last block. Works on `keras.Input`s, so
+        task models build their graphs with it.
+        """
+        return _encode(self, inputs, query_positions=positions)
 
     @classmethod
     def from_huggingface(cls, path, **overrides) -> "BertBackbone":
@@ -156,3 +173,17 @@ class BertBackbone(Backbone):
         from tfllm.models.convert import bert_from_keras_hub
 
         return bert_from_keras_hub(backbone)
+
+
+def _encode(parts, inputs: dict, query_positions=None):
+    """Embeddings and encoder blocks of `parts` (a `BertBackbone` or its layers).
+
+    Returns `(B, T, d)`, or `(B, P, d)` at `query_positions (B, P)` (last block only).
+    """
+    tokens = parts.token_embedding(inputs["token_ids"])  # (B, T, d)
+    x = tokens + parts.position_embedding(tokens) + parts.segment_embedding(inputs["segment_ids"])
+    x = parts.embeddings_dropout(parts.embeddings_norm(x))
+    *blocks, last = parts.transformer_layers
+    for block in blocks:
+        x = block(x, padding_mask=inputs["padding_mask"])
+    return last(x, padding_mask=inputs["padding_mask"], query_positions=query_positions)

@@ -90,8 +90,9 @@ class MaskedLM(Task):
             dtype=backbone.dtype_policy,
             name="mlm_head",
         )
-        sequence = backbone(backbone_inputs)["sequence_output"]
-        super().__init__(inputs=inputs, outputs=head(sequence, inputs["mask_positions"]), **kwargs)
+        # The last block runs at the masked positions only (same logits, less work).
+        masked = backbone.sequence_output_at(backbone_inputs, inputs["mask_positions"])
+        super().__init__(inputs=inputs, outputs=head(masked), **kwargs)
         self.backbone = backbone
         self.mlm_head = head
 
@@ -114,7 +115,10 @@ class BertPretrainer(Task):
     def __init__(self, backbone: BertBackbone, **kwargs):
         inputs = dict(backbone.input)
         inputs["mask_positions"] = keras.Input(shape=(None,), dtype="int32", name="mask_positions")
-        outputs = backbone({key: inputs[key] for key in backbone.input})
+        # The last block runs at `[CLS]` (for the pooler) and the masked positions only.
+        positions = inputs["mask_positions"]
+        positions = ops.concatenate([ops.zeros_like(positions[:, :1]), positions], axis=1)
+        x = backbone.sequence_output_at({key: inputs[key] for key in backbone.input}, positions)
         head = MaskedLMHead(
             backbone.token_embedding,
             activation=backbone.activation,
@@ -129,10 +133,7 @@ class BertPretrainer(Task):
             dtype=backbone.dtype_policy,
             name="nsp_head",
         )
-        logits = {
-            "mlm": head(outputs["sequence_output"], inputs["mask_positions"]),
-            "nsp": nsp_head(outputs["pooled_output"]),
-        }
+        logits = {"mlm": head(x[:, 1:]), "nsp": nsp_head(backbone.pooled_dense(x[:, 0]))}
         super().__init__(inputs=inputs, outputs=logits, **kwargs)
         self.backbone = backbone
         self.mlm_head = head
@@ -209,15 +210,15 @@ class TextClassifier(Task):
         if pooling not in ("cls", "mean"):
             raise ValueError(f"`pooling` must be 'cls' or 'mean'. Received: {pooling!r}")
         inputs = dict(backbone.input)
-        outputs = backbone(inputs)
-        if pooling == "cls":
-            pooled = outputs["pooled_output"]  # (B, d)
+        if pooling == "cls":  # the last block runs at `[CLS]` only
+            first = ops.zeros_like(inputs["token_ids"][:, :1])
+            pooled = backbone.pooled_dense(backbone.sequence_output_at(inputs, first)[:, 0])
         else:
             backbone.pooled_dense.trainable = False  # no gradient reaches it
-            sequence = outputs["sequence_output"]  # (B, T, d)
-            mask = keras.ops.cast(inputs["padding_mask"], sequence.dtype)[:, :, None]
-            count = keras.ops.maximum(keras.ops.sum(mask, axis=1), 1.0)  # (B, 1)
-            pooled = keras.ops.sum(sequence * mask, axis=1) / count
+            sequence = backbone(inputs)["sequence_output"]  # (B, T, d)
+            mask = ops.cast(inputs["padding_mask"], sequence.dtype)[:, :, None]
+            count = ops.maximum(ops.sum(mask, axis=1), 1.0)  # (B, 1)
+            pooled = ops.sum(sequence * mask, axis=1) / count
         output_dropout, output_dense = _classification_head(backbone, num_classes, dropout)
         super().__init__(inputs=inputs, outputs=output_dense(output_dropout(pooled)), **kwargs)
         self.backbone = backbone
