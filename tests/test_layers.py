@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from tests import helpers
 from tfllm.layers import (
+    LayerNormalization,
     MaskedLMHead,
     MultiHeadAttention,
     PositionEmbedding,
@@ -25,7 +26,9 @@ from tfllm.layers import (
 from tfllm.layers import attention as attention_module
 from tfllm.layers import embedding as embedding_module
 from tfllm.layers import heads as heads_module
+from tfllm.layers import normalization as normalization_module
 from tfllm.layers import transformer as transformer_module
+from tfllm.layers.activations import training_gelu
 from tfllm.layers.transformer import FeedForward
 
 B, T, D = 3, 8, 16  # batch, length, hidden_dim of the numeric tests
@@ -493,6 +496,53 @@ def test_feedforward_matches_numpy(activation, x):
     layer.build(x.shape)
     helpers.randomize_weights(layer)
     np.testing.assert_allclose(layer(x), helpers.feedforward(layer, x), **TOL)
+    np.testing.assert_allclose(layer(x, training=True), helpers.feedforward(layer, x), **TOL)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        pytest.param({}, id="defaults"),
+        pytest.param(dict(axis=1), id="other_axis_uses_keras"),
+        pytest.param(dict(center=False), id="no_center_uses_keras"),
+    ],
+)
+@pytest.mark.parametrize("dtype, tol", [("float32", 1e-5), ("mixed_bfloat16", 2e-2)])
+def test_layer_norm_matches_keras_and_its_gradients(kwargs, dtype, tol, x, rng):
+    ours = LayerNormalization(epsilon=1e-3, dtype=dtype, **kwargs)
+    theirs = keras.layers.LayerNormalization(epsilon=1e-3, dtype=dtype, **kwargs)
+    for layer in (ours, theirs):
+        layer.build(x.shape)
+        helpers.randomize_weights(layer)  # the same seed: the same gamma and beta
+    weight = tf.constant(rng.normal(size=x.shape), "float32")
+    inputs = tf.constant(3 * x + 1)
+    results = []
+    for layer in (ours, theirs):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            outputs = layer(inputs)
+            loss = tf.reduce_sum(tf.cast(outputs, "float32") * weight)
+        results.append([outputs, *tape.gradient(loss, [inputs, *layer.trainable_variables])])
+    assert results[0][0].dtype == results[1][0].dtype
+    for got, want in zip(*results, strict=True):
+        got, want = np.asarray(tf.cast(got, "float32")), np.asarray(tf.cast(want, "float32"))
+        np.testing.assert_allclose(got, want, atol=tol * max(1, np.abs(want).max()), rtol=tol)
+
+
+@pytest.mark.parametrize("approximate", [False, True], ids=["exact", "tanh"])
+@pytest.mark.parametrize("dtype, tol", [("float32", 1e-5), ("bfloat16", 2e-2)])
+def test_training_gelu_matches_tensorflow_gelu_and_gradient(approximate, dtype, tol, rng):
+    x = tf.constant(4 * rng.normal(size=(3, 5, 7)), dtype)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        got = training_gelu(x, approximate=approximate)
+        want = tf.nn.gelu(tf.cast(x, "float32"), approximate=approximate)
+        got_sum, want_sum = tf.reduce_sum(got * x), tf.reduce_sum(want * tf.cast(x, "float32"))
+    assert got.dtype == x.dtype
+    close = dict(atol=tol, rtol=tol)
+    np.testing.assert_allclose(tf.cast(got, "float32"), want, **close)
+    got_grad = tf.cast(tape.gradient(got_sum, x), "float32")
+    np.testing.assert_allclose(got_grad, tape.gradient(want_sum, x), **close)
 
 
 @pytest.mark.parametrize("activation", ["gelu", "relu"])
@@ -717,9 +767,21 @@ CASES = [
         },
         mixed_dtype="float32",
     ),
+    Case(
+        "layer_norm",
+        lambda: LayerNormalization(epsilon=1e-6),
+        lambda r, b, t: {"inputs": _floats(r, b, t)},
+        mixed_dtype="bfloat16",
+    ),
 ]
 # Every layer class defined in tfllm.layers, found by inspection so new ones need a case.
-LAYER_MODULES = [attention_module, embedding_module, heads_module, transformer_module]
+LAYER_MODULES = [
+    attention_module,
+    embedding_module,
+    heads_module,
+    normalization_module,
+    transformer_module,
+]
 LAYER_CLASSES = {
     cls
     for module in LAYER_MODULES

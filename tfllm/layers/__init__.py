@@ -8,9 +8,11 @@ from tfllm.layers.embedding import (
     TokenEmbedding,
 )
 from tfllm.layers.heads import MaskedLMHead
+from tfllm.layers.normalization import LayerNormalization
 from tfllm.layers.transformer import TransformerDecoderBlock, TransformerEncoderBlock
 
 __all__ = [
+    "LayerNormalization",
     "MaskedLMHead",
     "MultiHeadAttention",
     "PositionEmbedding",

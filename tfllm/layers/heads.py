@@ -3,7 +3,8 @@
 import keras
 from keras import ops
 
-from tfllm.layers.transformer import ELEMENTWISE_ACTIVATIONS
+from tfllm.layers.activations import ELEMENTWISE_ACTIVATIONS
+from tfllm.layers.normalization import LayerNormalization
 
 
 @keras.saving.register_keras_serializable(package="tfllm")
@@ -54,7 +55,7 @@ class MaskedLMHead(keras.layers.Layer):
             name="transform",
         )
         self.transform.build((None, None, hidden_dim))
-        self.layer_norm = keras.layers.LayerNormalization(
+        self.layer_norm = LayerNormalization(
             epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name="layer_norm"
         )
         self.layer_norm.build((None, None, hidden_dim))

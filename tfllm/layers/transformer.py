@@ -1,19 +1,13 @@
 """Transformer blocks: post-norm encoder (BERT) and pre-norm decoder (GPT, LLaMA-style)."""
 
-import functools
-
 import keras
 import tensorflow as tf
 from keras import ops
 
+from tfllm.layers.activations import ELEMENTWISE_ACTIVATIONS, training_gelu
 from tfllm.layers.attention import MultiHeadAttention
+from tfllm.layers.normalization import LayerNormalization
 
-ELEMENTWISE_ACTIVATIONS = {
-    "gelu": functools.partial(ops.gelu, approximate=False),
-    "gelu_approximate": functools.partial(ops.gelu, approximate=True),  # tanh form (GPT-2)
-    "relu": ops.relu,
-    "silu": ops.silu,
-}
 ACTIVATIONS = (*ELEMENTWISE_ACTIVATIONS, "swiglu")
 NORMALIZATIONS = ("layer_norm", "rms_norm")
 
@@ -38,7 +32,8 @@ class FeedForward(keras.layers.Layer):
         use_bias: whether the projections have biases.
         kernel_initializer: initializer of both kernels.
 
-    Call: `(B, T, hidden_dim)` -> `(B, T, hidden_dim)`.
+    Call: `(B, T, hidden_dim)` -> `(B, T, hidden_dim)`; with `training=True` GELU runs as
+    compiled kernels (`training_gelu`).
     """
 
     def __init__(
@@ -70,11 +65,13 @@ class FeedForward(keras.layers.Layer):
         self.output_dense = keras.layers.Dense(inputs_shape[-1], name="output", **dense)
         self.output_dense.build((*inputs_shape[:-1], self.intermediate_dim))
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         x = self.intermediate_dense(inputs)  # (B, T, ff) or (B, T, 2 * ff)
         if self.activation == "swiglu":
             gate, up = ops.split(x, 2, axis=-1)
             x = ops.silu(gate) * up
+        elif training and self.activation.startswith("gelu"):
+            x = training_gelu(x, approximate=self.activation == "gelu_approximate")
         else:
             x = ELEMENTWISE_ACTIVATIONS[self.activation](x)
         return self.output_dense(x)
@@ -96,7 +93,7 @@ class FeedForward(keras.layers.Layer):
 def normalization_layer(kind, epsilon, dtype, name):
     if kind == "rms_norm":
         return keras.layers.RMSNormalization(epsilon=epsilon, dtype=dtype, name=name)
-    return keras.layers.LayerNormalization(epsilon=epsilon, dtype=dtype, name=name)
+    return LayerNormalization(epsilon=epsilon, dtype=dtype, name=name)
 
 
 @keras.saving.register_keras_serializable(package="tfllm")

@@ -4,7 +4,12 @@ from types import SimpleNamespace
 
 import keras
 
-from tfllm.layers import PositionEmbedding, TokenEmbedding, TransformerEncoderBlock
+from tfllm.layers import (
+    LayerNormalization,
+    PositionEmbedding,
+    TokenEmbedding,
+    TransformerEncoderBlock,
+)
 from tfllm.models.backbone import Backbone, check_heads, check_positive_int
 
 
@@ -92,7 +97,7 @@ class BertBackbone(Backbone):
             dtype=dtype,
             name="segment_embedding",
         )
-        embeddings_norm = keras.layers.LayerNormalization(
+        embeddings_norm = LayerNormalization(
             epsilon=layer_norm_epsilon, dtype=dtype, name="embeddings_norm"
         )
         embeddings_dropout = keras.layers.Dropout(dropout, dtype=dtype, name="embeddings_dropout")
