@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from tests import helpers
 from tfllm.layers import (
+    Dropout,
     LayerNormalization,
     MaskedLMHead,
     MultiHeadAttention,
@@ -24,6 +25,7 @@ from tfllm.layers import (
     compute_attention_mask,
 )
 from tfllm.layers import attention as attention_module
+from tfllm.layers import dropout as dropout_module
 from tfllm.layers import embedding as embedding_module
 from tfllm.layers import heads as heads_module
 from tfllm.layers import normalization as normalization_module
@@ -529,6 +531,35 @@ def test_layer_norm_matches_keras_and_its_gradients(kwargs, dtype, tol, x, rng):
         np.testing.assert_allclose(got, want, atol=tol * max(1, np.abs(want).max()), rtol=tol)
 
 
+@pytest.mark.parametrize("rate", [0.1, 0.5])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_dropout_keeps_the_rate_and_the_expectation(rate, dtype):
+    layer = Dropout(rate, seed=3)
+    x = tf.cast(tf.fill((301, 1001), 2.0), dtype)  # odd size: the last 16-bit draw is unused
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, training=True)
+        loss = tf.reduce_sum(tf.cast(y, "float32") * 3.0)
+    y = np.asarray(tf.cast(y, "float32"))
+    kept = y != 0
+    scale = 65536 / (65536 - round(rate * 65536))
+    np.testing.assert_allclose(y[kept], 2.0 * scale, rtol=1e-2 if dtype == "bfloat16" else 1e-6)
+    assert abs(1 - kept.mean() - rate) < 4 * np.sqrt(rate * (1 - rate) / kept.size)
+    assert abs(y.mean() - 2.0) < 0.01  # unbiased
+    grad = np.asarray(tf.cast(tape.gradient(loss, x), "float32"))
+    np.testing.assert_allclose(grad, 3.0 * y / 2.0, rtol=1e-2)  # dy * mask
+    again = np.asarray(tf.cast(layer(x, training=True), "float32"))
+    assert (again != 0).mean() > 0 and not np.array_equal(again != 0, kept)  # new draws
+
+
+def test_dropout_is_identity_unless_training_and_keeps_keras_paths():
+    x = tf.ones((4, 6))
+    np.testing.assert_array_equal(Dropout(0.5)(x), x)
+    np.testing.assert_array_equal(Dropout(0.0)(x, training=True), x)
+    rows = np.asarray(Dropout(0.5, noise_shape=(4, 1), seed=0)(x, training=True))
+    assert all(len(set(row)) == 1 for row in rows)  # Keras's noise_shape broadcast
+
+
 @pytest.mark.parametrize("approximate", [False, True], ids=["exact", "tanh"])
 @pytest.mark.parametrize("dtype, tol", [("float32", 1e-5), ("bfloat16", 2e-2)])
 def test_training_gelu_matches_tensorflow_gelu_and_gradient(approximate, dtype, tol, rng):
@@ -768,6 +799,11 @@ CASES = [
         mixed_dtype="float32",
     ),
     Case(
+        "dropout",
+        lambda: Dropout(0.3, seed=1),
+        lambda r, b, t: {"inputs": _floats(r, b, t)},
+    ),
+    Case(
         "layer_norm",
         lambda: LayerNormalization(epsilon=1e-6),
         lambda r, b, t: {"inputs": _floats(r, b, t)},
@@ -777,6 +813,7 @@ CASES = [
 # Every layer class defined in tfllm.layers, found by inspection so new ones need a case.
 LAYER_MODULES = [
     attention_module,
+    dropout_module,
     embedding_module,
     heads_module,
     normalization_module,

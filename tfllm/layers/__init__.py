@@ -1,6 +1,7 @@
 """Keras layers for transformer language models."""
 
 from tfllm.layers.attention import MultiHeadAttention, compute_attention_mask
+from tfllm.layers.dropout import Dropout
 from tfllm.layers.embedding import (
     PositionEmbedding,
     RotaryEmbedding,
@@ -12,6 +13,7 @@ from tfllm.layers.normalization import LayerNormalization
 from tfllm.layers.transformer import TransformerDecoderBlock, TransformerEncoderBlock
 
 __all__ = [
+    "Dropout",
     "LayerNormalization",
     "MaskedLMHead",
     "MultiHeadAttention",

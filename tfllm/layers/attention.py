@@ -5,6 +5,7 @@ import tensorflow as tf
 from keras import ops
 from tensorflow.python.ops.control_flow_util import GraphOrParentsInXlaContext
 
+from tfllm.layers.dropout import Dropout
 from tfllm.layers.embedding import RotaryEmbedding
 
 
@@ -174,7 +175,7 @@ class MultiHeadAttention(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self._kv_heads = kv_heads
-        self.attention_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+        self.attention_dropout = Dropout(dropout, dtype=self.dtype_policy)
         self.rotary = None
         if rope_max_wavelength is not None:
             self.rotary = RotaryEmbedding(

@@ -6,6 +6,7 @@ from keras import ops
 
 from tfllm.layers.activations import ELEMENTWISE_ACTIVATIONS, training_gelu
 from tfllm.layers.attention import MultiHeadAttention
+from tfllm.layers.dropout import Dropout
 from tfllm.layers.normalization import LayerNormalization
 
 ACTIVATIONS = (*ELEMENTWISE_ACTIVATIONS, "swiglu")
@@ -158,7 +159,7 @@ class TransformerEncoderBlock(keras.layers.Layer):
         self.feedforward_norm = normalization_layer(
             "layer_norm", layer_norm_epsilon, policy, "feedforward_norm"
         )
-        self.residual_dropout = keras.layers.Dropout(dropout, dtype=policy)
+        self.residual_dropout = Dropout(dropout, dtype=policy)
 
     def build(self, inputs_shape):
         for layer in (self.attention, self.attention_norm, self.feedforward, self.feedforward_norm):
@@ -278,7 +279,7 @@ class TransformerDecoderBlock(keras.layers.Layer):
             dtype=policy,
             name="feedforward",
         )
-        self.residual_dropout = keras.layers.Dropout(dropout, dtype=policy)
+        self.residual_dropout = Dropout(dropout, dtype=policy)
 
     def build(self, inputs_shape):
         for layer in (self.attention_norm, self.attention, self.feedforward_norm, self.feedforward):

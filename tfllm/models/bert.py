@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import keras
 
 from tfllm.layers import (
+    Dropout,
     LayerNormalization,
     PositionEmbedding,
     TokenEmbedding,
@@ -100,7 +101,7 @@ class BertBackbone(Backbone):
         embeddings_norm = LayerNormalization(
             epsilon=layer_norm_epsilon, dtype=dtype, name="embeddings_norm"
         )
-        embeddings_dropout = keras.layers.Dropout(dropout, dtype=dtype, name="embeddings_dropout")
+        embeddings_dropout = Dropout(dropout, dtype=dtype, name="embeddings_dropout")
         blocks = [
             TransformerEncoderBlock(
                 num_heads,

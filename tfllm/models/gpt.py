@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from tfllm.layers import (
+    Dropout,
     PositionEmbedding,
     SinusoidalPositionEncoding,
     TokenEmbedding,
@@ -115,7 +116,7 @@ class GPTBackbone(Backbone):
             )
         elif position_embedding == "sinusoidal":
             positions = SinusoidalPositionEncoding(dtype=dtype, name="position_embedding")
-        embeddings_dropout = keras.layers.Dropout(dropout, dtype=dtype, name="embeddings_dropout")
+        embeddings_dropout = Dropout(dropout, dtype=dtype, name="embeddings_dropout")
         blocks = [
             TransformerDecoderBlock(
                 num_heads,

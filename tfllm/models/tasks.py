@@ -7,7 +7,7 @@ Pretraining: `CausalLM`, `MaskedLM`, `BertPretrainer`. Fine-tuning: `TextClassif
 import keras
 from keras import ops
 
-from tfllm.layers import MaskedLMHead
+from tfllm.layers import Dropout, MaskedLMHead
 from tfllm.models.bert import BertBackbone
 from tfllm.models.gpt import GPTBackbone
 
@@ -159,7 +159,7 @@ def _check_bert(backbone) -> None:
 
 def _classification_head(backbone, units: int, dropout: float):
     kwargs = dict(dtype=backbone.dtype_policy)
-    output_dropout = keras.layers.Dropout(dropout, name="output_dropout", **kwargs)
+    output_dropout = Dropout(dropout, name="output_dropout", **kwargs)
     output_dense = keras.layers.Dense(
         units,
         kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
