@@ -16,7 +16,14 @@ import tensorflow as tf
 
 from tests import train_tiny
 from tfllm.config import RunConfig
-from tfllm.training import Trainer, WarmupDecay, check_tf_config, make_optimizer, make_strategy
+from tfllm.training import (
+    AdamW,
+    Trainer,
+    WarmupDecay,
+    check_tf_config,
+    make_optimizer,
+    make_strategy,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "tests" / "train_tiny.py")
@@ -61,6 +68,51 @@ def test_warmup_decay_end_ratio_and_config_round_trip():
     assert float(rate(100)) == pytest.approx(1e-4)
     again = WarmupDecay.from_config(rate.get_config())
     assert float(again(37)) == pytest.approx(float(rate(37)))
+
+
+def _adamw_trajectory(optimizer_class, strategy, **kwargs):
+    """Weights of a two-layer model after 4 `fit` steps of `optimizer_class`."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(8, 3)), rng.normal(size=(8, 2))
+    with strategy.scope():
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, "tanh"),
+                                  keras.layers.Dense(2)])  # fmt: skip
+        model.set_weights([rng.normal(size=w.shape) for w in model.get_weights()])
+        optimizer = optimizer_class(learning_rate=0.1, weight_decay=0.1, **kwargs)
+        optimizer.exclude_from_weight_decay(var_names=["bias"])
+        model.compile(optimizer, "mse")
+    model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+    return model.get_weights()
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+@pytest.mark.parametrize("mirrored", [False, True], ids=["default", "mirrored"])
+def test_fused_adamw_equals_keras_adamw(amsgrad, mirrored, mirrored_strategy):
+    strategy = mirrored_strategy if mirrored else tf.distribute.get_strategy()
+    got = _adamw_trajectory(AdamW, strategy, amsgrad=amsgrad)
+    want = _adamw_trajectory(keras.optimizers.AdamW, strategy, amsgrad=amsgrad)
+    for a, b in zip(got, want, strict=True):  # float rounding of 4 steps of size ~0.1
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert AdamW.from_config(AdamW(0.1, amsgrad=amsgrad).get_config()).amsgrad == amsgrad
+
+
+def test_fused_adamw_sums_repeated_rows_of_sparse_gradients():
+    """An embedding gradient (`IndexedSlices`, rows repeated) is Adam on its dense sum.
+
+    (Keras's own Adam squares each slice before summing them into `v`.)"""
+    lr, beta_1, beta_2, eps = 0.1, 0.9, 0.999, 1e-7
+    table = keras.Variable(np.ones((4, 2)), name="table")
+    optimizer = AdamW(lr, beta_1=beta_1, beta_2=beta_2, epsilon=eps, weight_decay=0.0)
+    slices = tf.IndexedSlices(tf.constant([[1.0, 2.0], [3.0, -4.0]]), tf.constant([1, 1]), [4, 2])
+    dense = np.zeros((4, 2))
+    dense[1] = [4.0, -2.0]
+    want, m, v = np.ones((4, 2)), np.zeros((4, 2)), np.zeros((4, 2))
+    for t in (1, 2):
+        optimizer.apply([slices], [table])
+        m, v = beta_1 * m + (1 - beta_1) * dense, beta_2 * v + (1 - beta_2) * dense**2
+        alpha = lr * np.sqrt(1 - beta_2**t) / (1 - beta_1**t)
+        want -= alpha * m / (np.sqrt(v) + eps)
+    np.testing.assert_allclose(np.asarray(table), want, rtol=1e-6)
 
 
 def test_optimizer_decays_weights_but_not_norms_or_biases():

@@ -120,7 +120,8 @@ def synthetic_batch(task, batch_size=16, sequence_length=128, vocabulary_size=81
 
 def build_models(task, precision="fp32", dropout=0.1):
     """`{"tfllm": model, "keras-hub": model}` of one size, compiled alike (AdamW, no
-    metrics, no XLA), each with its library's sparse cross-entropy.
+    metrics, no XLA), each with its library's sparse cross-entropy and AdamW (tfllm's
+    `tfllm.training.AdamW`, Keras's for keras-hub).
 
     The global dtype policy is set for the build and restored afterwards.
     """
@@ -128,6 +129,7 @@ def build_models(task, precision="fp32", dropout=0.1):
 
     from tfllm.losses import SparseCategoricalCrossentropy
     from tfllm.models import BertBackbone, CausalLM, GPTBackbone, MaskedLM
+    from tfllm.training import AdamW
 
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(PRECISIONS[precision])
@@ -148,10 +150,10 @@ def build_models(task, precision="fp32", dropout=0.1):
             raise ValueError(f"`task` must be 'gpt' or 'bert'. Received: {task!r}")
     finally:
         keras.config.set_dtype_policy(previous)
-    # Each library's own loss (the same values): tfllm's has a faster gradient.
+    # Each library's own loss and AdamW (the same values): tfllm's are faster.
     losses = (SparseCategoricalCrossentropy(), keras.losses.SparseCategoricalCrossentropy(True))
-    for model, loss in zip((ours, theirs), losses, strict=True):
-        optimizer = keras.optimizers.AdamW(1e-4)
+    optimizers = (AdamW(1e-4), keras.optimizers.AdamW(1e-4))
+    for model, loss, optimizer in zip((ours, theirs), losses, optimizers, strict=True):
         model.compile(optimizer, loss, weighted_metrics=None, jit_compile=False)
     return {"tfllm": ours, "keras-hub": theirs}
 

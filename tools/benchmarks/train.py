@@ -3,8 +3,8 @@
     python -m tools.benchmark train [--steps 5] [--rounds 5] [--models gpt,bert]
         [--precisions fp32,bf16] [--dropout 0.1[,0.0]] [--write]
 
-Every model pair is built and compiled identically (AdamW(1e-4), sparse cross-entropy
-from logits, no metrics, no XLA), warmed up, then timed `--rounds` times interleaved
+Every model pair is built and compiled alike (AdamW(1e-4), sparse cross-entropy from
+logits, each library's own implementation of both; no metrics, no XLA), warmed up, then timed `--rounds` times interleaved
 (A B A B ...). Reported: median tokens/s, the median of the per-round ratios
 tfllm / keras-hub, and MFU against a measured `tf.matmul` peak (4096^2) of this machine.
 `--write` updates the "Training throughput" section of BENCHMARKS.md.
@@ -88,9 +88,10 @@ def section_body(command, peaks, table, args):
 {header(command)}
 
 GPT/BERT 4 layers, d 256, 4 heads, ff 1024, vocab 8192, T {SEQUENCE_LENGTH}, batch
-{BATCH_SIZE}; AdamW(1e-4), no metrics, `jit_compile=False`, `train_on_batch` on in-memory
-synthetic ids; loss: each library's sparse cross-entropy from logits (same values:
-`tfllm.losses.SparseCategoricalCrossentropy`, `keras.losses.SparseCategoricalCrossentropy`).
+{BATCH_SIZE}; no metrics, `jit_compile=False`, `train_on_batch` on in-memory synthetic ids;
+each library's AdamW(1e-4) (`tfllm.training.AdamW`, `keras.optimizers.AdamW`) and sparse
+cross-entropy from logits (`tfllm.losses.SparseCategoricalCrossentropy`,
+`keras.losses.SparseCategoricalCrossentropy`): the same updates and values.
 {args.rounds} interleaved rounds of {args.steps} steps after {args.warmup} untimed round(s);
 tokens/s (all B×T input tokens, masked LM too) are medians over rounds,
 ratio = median over rounds of tfllm / keras-hub step time ratios.
