@@ -13,19 +13,25 @@ import math
 import tensorflow as tf
 from keras import ops
 
-ELEMENTWISE_ACTIVATIONS = {
-    "gelu": functools.partial(ops.gelu, approximate=False),
-    "gelu_approximate": functools.partial(ops.gelu, approximate=True),  # tanh form (GPT-2)
-    "relu": ops.relu,
-    "silu": ops.silu,
-}
-
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 # 0.5 (1 + tanh(u)) = sigmoid(2u), u = sqrt(2 / pi) (x + 0.044715 x^3): XLA's logistic is
 # fast on CPU where its tanh is not (the tanh form compiled is 2x slower than TensorFlow).
 _TANH_A = 2.0 * math.sqrt(2.0 / math.pi)
 _TANH_B = _TANH_A * 0.044715
+
+
+def gelu_approximate(x):
+    """GPT-2's tanh GELU `0.5 x (1 + tanh(u))`, written `x * sigmoid(2u)`: 6 ops, not 8."""
+    return x * ops.sigmoid(x * (_TANH_A + _TANH_B * ops.square(x)))
+
+
+ELEMENTWISE_ACTIVATIONS = {
+    "gelu": functools.partial(ops.gelu, approximate=False),
+    "gelu_approximate": gelu_approximate,
+    "relu": ops.relu,
+    "silu": ops.silu,
+}
 
 
 def _gelu_and_derivative(x, approximate: bool):

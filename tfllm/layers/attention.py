@@ -304,9 +304,9 @@ class MultiHeadAttention(keras.layers.Layer):
         logits = tf.raw_ops.BatchMatMulV3(x=query, y=key_cache, adj_y=True, Tout=query.dtype)
         logits = ops.cast(logits, "float32") * (1.0 / float(h) ** 0.5)  # (B, K, G*T, S)
         if mask is not None:
-            logits = ops.reshape(logits, (batch, k, groups, length, -1))
-            logits = ops.where(mask[:, None, None], logits, -1e9)
-            logits = ops.reshape(logits, (batch, k, groups * length, -1))
+            # An additive bias: the same in every layer, so computed once per step.
+            bias = ops.where(mask, 0.0, -1e9)[:, None]  # (B, 1, T, S)
+            logits = logits + (ops.tile(bias, (1, 1, groups, 1)) if groups > 1 else bias)
         exp = ops.exp(logits - ops.max(logits, axis=-1, keepdims=True))
         probs = ops.cast(exp / ops.sum(exp, axis=-1, keepdims=True), query.dtype)
         value_cache = ops.cast(value_cache, query.dtype)

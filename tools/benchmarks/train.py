@@ -4,9 +4,10 @@
         [--precisions fp32,bf16] [--dropout 0.1[,0.0]] [--write]
 
 Every model pair is built and compiled alike (AdamW(1e-4), sparse cross-entropy from
-logits, each library's own implementation of both; no metrics, no XLA), warmed up, then timed `--rounds` times interleaved
-(A B A B ...). Reported: median tokens/s, the median of the per-round ratios
-tfllm / keras-hub, and MFU against a measured `tf.matmul` peak (4096^2) of this machine.
+logits, each library's own implementation of both; no metrics, no XLA), warmed up, then
+timed `--rounds` times interleaved (A B A B ...). Reported: median tokens/s, the median
+of the per-round ratios tfllm / keras-hub, and MFU against a measured `tf.matmul` peak
+(4096^2) of this machine.
 `--write` updates the "Training throughput" section of BENCHMARKS.md.
 """
 
