@@ -75,7 +75,9 @@ class MaskedLM(Task):
     """Masked-token prediction: `BertBackbone` + `MaskedLMHead` tied to its embeddings.
 
     Inputs: the backbone's dict plus `mask_positions` `(B, P)`.
-    Output: `logits` `(B, P, vocabulary_size)` at the masked positions.
+    Output: `logits` `(B, P, vocabulary_size)` at the masked positions. The last encoder
+    block runs only there (`BertBackbone.sequence_output_at`): the same logits for about
+    70% less of that block's work at 15% masking.
     """
 
     def __init__(self, backbone: BertBackbone, **kwargs):
