@@ -576,16 +576,21 @@ def test_training_gelu_matches_tensorflow_gelu_and_gradient(approximate, dtype, 
     np.testing.assert_allclose(got_grad, tape.gradient(want_sum, x), **close)
 
 
+def _encoder_reference(block, x, mask):
+    """Post-norm encoder block in numpy: `h = LN(x + MHA(x)); LN(h + FFN(h))`."""
+    h = x + helpers.attention(block.attention, x, mask)
+    h = helpers.normalize("layer_norm", block.attention_norm, h)
+    h = h + helpers.feedforward(block.feedforward, h)
+    return helpers.normalize("layer_norm", block.feedforward_norm, h)
+
+
 @pytest.mark.parametrize("activation", ["gelu", "relu"])
 def test_encoder_block_matches_numpy_post_norm(activation, x, rng):
     block = TransformerEncoderBlock(2, 24, activation=activation, layer_norm_epsilon=1e-6)
     block.build(x.shape)
     helpers.randomize_weights(block)
     call_kwargs, mask = _masks("attention_mask_padding", rng)
-    h = x + helpers.attention(block.attention, x, mask)
-    h = helpers.normalize("layer_norm", block.attention_norm, h)
-    h = h + helpers.feedforward(block.feedforward, h)
-    want = helpers.normalize("layer_norm", block.feedforward_norm, h)
+    want = _encoder_reference(block, x, mask)
     np.testing.assert_allclose(block(x, **call_kwargs), want, atol=1e-4, rtol=1e-4)
 
 
@@ -612,10 +617,7 @@ def test_encoder_block_query_positions_match_numpy_rows(x, rng):
     block.build(x.shape)
     helpers.randomize_weights(block)
     call_kwargs, mask = _masks("attention_mask_padding", rng)
-    h = x + helpers.attention(block.attention, x, mask)
-    h = helpers.normalize("layer_norm", block.attention_norm, h)
-    h = h + helpers.feedforward(block.feedforward, h)
-    want = _rows(helpers.normalize("layer_norm", block.feedforward_norm, h))
+    want = _rows(_encoder_reference(block, x, mask))
     got = block(x, query_positions=QUERY_POSITIONS, **call_kwargs)
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
     symbolic = block(keras.Input((T, D)), query_positions=keras.Input((2,), dtype="int32"))
