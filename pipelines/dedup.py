@@ -2,8 +2,9 @@
 
 The MinHash is vectorized end to end in numpy: a text is lowercased and UTF-8 encoded
 once, words are found and hashed from the bytes with a positional polynomial hash
-(mod 2^64), `ngram` consecutive word hashes are mixed into one 32-bit shingle hash, and all
-`num_perm` permutations are multiply-add-shift hashes `((a * x + b) mod 2^64) >> 32` over
+(mod 2^64), `ngram` consecutive word hashes are mixed into one 64-bit key (decontamination
+compares these whole) whose high 32 bits are the MinHash shingle hash, and all `num_perm`
+permutations are multiply-add-shift hashes `((a * x + b) mod 2^64) >> 32` over
 a whole batch of documents at once, reduced per document with `np.minimum.reduceat`. Words
 are maximal runs of letters/digits; every CJK or kana character is a word of its own, so
 text written without spaces is shingled by characters.
@@ -95,8 +96,12 @@ def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
     return _POWERS[0], _POWERS[1]
 
 
-def shingle_hashes(text: str, ngram: int = 5) -> np.ndarray:
-    """32-bit hashes of the word `ngram`-grams of `text` (one for a shorter, non-empty text)."""
+def ngram_keys(text: str, ngram: int = 13) -> np.ndarray:
+    """64-bit keys of the word `ngram`-grams of `text` (one for a shorter, non-empty text).
+
+    The full width matters for set membership: against `M` keys, `S` shingles of a clean
+    text match by chance `S * M / 2^64` times (with 32 bits, ~0.7 for 3,000 words and 10^6).
+    """
     words = word_hashes(text)
     if words.size == 0:
         return np.zeros(0, dtype=_U64)
@@ -105,7 +110,12 @@ def shingle_hashes(text: str, ngram: int = 5) -> np.ndarray:
     mixed = np.zeros(count, dtype=_U64)
     for i in range(k):  # Order matters: each position gets its own odd multiplier.
         mixed += words[i : i + count] * _SHINGLE_MIX[i % _SHINGLE_MIX.size]
-    return mixed >> _U64(32)
+    return mixed
+
+
+def shingle_hashes(text: str, ngram: int = 5) -> np.ndarray:
+    """32-bit hashes (the well-mixed high half of `ngram_keys`): MinHash and statistics."""
+    return ngram_keys(text, ngram) >> _U64(32)
 
 
 def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -243,14 +253,21 @@ def near_duplicate_clusters(
 
 
 def ngram_set(texts: Iterable[str], ngram: int = 13) -> np.ndarray:
-    """Sorted unique hashes of the word `ngram`-grams of `texts` (e.g. evaluation sets)."""
-    parts = [shingle_hashes(t, ngram) for t in texts]
+    """Sorted unique 64-bit keys of the word `ngram`-grams of `texts` (e.g. evaluation sets)."""
+    parts = [ngram_keys(t, ngram) for t in texts]
     return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=_U64)
 
 
 def contaminated(text: str, eval_ngrams: np.ndarray, ngram: int = 13) -> bool:
-    """Whether `text` shares any word `ngram`-gram with `eval_ngrams` (from `ngram_set`)."""
-    shingles = shingle_hashes(text, ngram)
-    if shingles.size == 0 or eval_ngrams.size == 0:
+    """Whether `text` shares any word `ngram`-gram with `eval_ngrams` (sorted, from `ngram_set`)."""
+    if eval_ngrams.dtype != _U64:
+        raise TypeError(
+            "`eval_ngrams` must be the uint64 keys from `ngram_set`. "
+            f"Received: eval_ngrams.dtype={eval_ngrams.dtype}"
+        )
+    keys = ngram_keys(text, ngram)
+    if keys.size == 0 or eval_ngrams.size == 0:
         return False
-    return bool(np.isin(shingles, eval_ngrams, assume_unique=False).any())
+    # Binary search in the sorted set: O(S log M) per text, no copy of the set.
+    at = np.minimum(np.searchsorted(eval_ngrams, keys), eval_ngrams.size - 1)
+    return bool((eval_ngrams[at] == keys).any())

@@ -127,6 +127,33 @@ def test_decontamination_finds_shared_13grams(documents):
     assert not dedup.contaminated(documents[10], eval_ngrams)
 
 
+def _random_text(rng, count, letters):
+    """`count` random 7-letter words, space-separated, each starting with one of `letters`."""
+    first = rng.choice(np.frombuffer(letters.encode(), np.uint8), size=(count, 1))
+    rest = rng.integers(ord("a"), ord("z") + 1, size=(count, 6), dtype=np.uint8)
+    space = np.full((count, 1), ord(" "), np.uint8)
+    return np.concatenate([first, rest, space], axis=1).tobytes().decode()[:-1]
+
+
+def test_decontamination_has_no_false_positives_against_a_million_ngrams():
+    rng = np.random.default_rng(0)
+    eval_text = _random_text(rng, 10**6 + 12, "abcdefghijklm")
+    eval_ngrams = dedup.ngram_set([eval_text])
+    assert eval_ngrams.size >= 10**6
+    # Disjoint vocabularies (first letters a-m vs n-z): no document shares a real 13-gram.
+    # 200 x 400 shingles against 10^6 keys: 32-bit keys would match ~19 times by chance.
+    documents = [_random_text(rng, 400, "nopqrstuvwxyz") for _ in range(200)]
+    assert [i for i, d in enumerate(documents) if dedup.contaminated(d, eval_ngrams)] == []
+
+    eval_words = eval_text.split()
+    leaked = documents[0] + " " + " ".join(eval_words[5000:5013]) + " " + documents[1]
+    assert dedup.contaminated(leaked, eval_ngrams)
+    near_miss = documents[0] + " " + " ".join(eval_words[5000:5012]) + " " + documents[1]
+    assert not dedup.contaminated(near_miss, eval_ngrams)
+    with pytest.raises(TypeError, match="eval_ngrams"):
+        dedup.contaminated(leaked, eval_ngrams.astype(np.int64))
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [({"num_perm": 0}, "num_perm"), ({"bands": 5}, "bands"), ({"threshold": 0.0}, "threshold")],
