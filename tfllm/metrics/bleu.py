@@ -11,6 +11,8 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
+from tfllm.metrics._segments import check_segments, reference_streams
+
 MAX_NGRAM_ORDER = 4
 
 # mteval-v13a's language-dependent rules, applied in order to " line ".
@@ -56,39 +58,6 @@ def _ngrams(tokens: list[str]) -> Counter:
     )
 
 
-def _reference_streams(references, num_hypotheses: int) -> list[Sequence[str]]:
-    """One stream (a list of strings) or several (a list of lists) -> a list of streams."""
-    if isinstance(references, str) or not isinstance(references, Sequence):
-        raise TypeError(
-            "`references` must be a list of strings (one reference stream) or a list of "
-            f"such lists (several streams). Received: {type(references).__name__}"
-        )
-    if all(isinstance(r, str) for r in references):
-        streams = [references]
-    elif all(isinstance(r, Sequence) and not isinstance(r, str) for r in references):
-        streams = list(references)
-        if not streams:
-            raise ValueError("`references` holds no reference stream. Received: []")
-    else:
-        raise TypeError(
-            "`references` must hold only strings (one stream) or only lists of strings "
-            "(several streams), not a mix."
-        )
-    for k, stream in enumerate(streams):
-        name = "references" if len(streams) == 1 and stream is references else f"references[{k}]"
-        if len(stream) != num_hypotheses:
-            raise ValueError(
-                f"`{name}` must have one segment per hypothesis ({num_hypotheses}). "
-                f"Received: {len(stream)} segments"
-            )
-        for i, segment in enumerate(stream):
-            if not isinstance(segment, str):
-                raise TypeError(
-                    f"`{name}[{i}]` must be a string. Received: {type(segment).__name__}"
-                )
-    return streams
-
-
 def corpus_bleu(hypotheses: Sequence[str], references) -> float:
     """Corpus-level BLEU (0-100), equal to `sacrebleu.corpus_bleu(...).score` with defaults.
 
@@ -106,18 +75,8 @@ def corpus_bleu(hypotheses: Sequence[str], references) -> float:
     >>> round(corpus_bleu(["The cat sat on the mat."], ["The cat sat on the mat."]), 6)
     100.0
     """
-    if isinstance(hypotheses, str) or not isinstance(hypotheses, Sequence):
-        raise TypeError(
-            f"`hypotheses` must be a list of strings. Received: {type(hypotheses).__name__}"
-        )
-    if not hypotheses:
-        raise ValueError("`hypotheses` must hold at least one segment. Received: []")
-    for i, hypothesis in enumerate(hypotheses):
-        if not isinstance(hypothesis, str):
-            raise TypeError(
-                f"`hypotheses[{i}]` must be a string. Received: {type(hypothesis).__name__}"
-            )
-    streams = _reference_streams(references, len(hypotheses))
+    check_segments(hypotheses, "hypotheses")
+    streams = reference_streams(references, len(hypotheses))
 
     correct = [0] * MAX_NGRAM_ORDER
     total = [0] * MAX_NGRAM_ORDER
