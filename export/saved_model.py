@@ -21,11 +21,9 @@ Signatures by model: `TextClassifier` -> `classify` (default), `embed`;
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
-import uuid
 from pathlib import Path
 
 import keras
@@ -36,6 +34,7 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 from export import signatures
 from tfllm.config import RunConfig
 from tfllm.generation import get_sampler
+from tfllm.io import atomic_path
 from tfllm.models import (
     BertBackbone,
     BertPretrainer,
@@ -191,9 +190,9 @@ def export_saved_model(
         model_name: defaults to the run folder's name, else `model.name`.
         version: positive int; defaults to the next free version.
         tokenizer: the model's tokenizer (in-memory models only); a preprocessor's
-            `.tokenizer` will do.
-        sequence_length: input length of BERT models (in-memory models; defaults to
-            `min(128, max_sequence_length)`).
+            `.tokenizer` will do. Default: that of the task's attached `preprocessor`.
+        sequence_length: input length of BERT models (in-memory models; defaults to the
+            attached preprocessor's, else `min(128, max_sequence_length)`).
         label_names: class / tag names of classifiers (default `"0"`, `"1"`, ...).
         top_k: tokens returned per mask by `fill_mask`.
         max_new_tokens, sampler, stop_token_ids: the settings of `generate` (as in
@@ -217,6 +216,11 @@ def export_saved_model(
         label_names = label_names if label_names is not None else run["label_names"]
     else:
         model = run_or_model
+        attached = getattr(model, "preprocessor", None)  # a task's own preprocessor
+        if tokenizer is None and attached is not None:
+            tokenizer = attached
+            sequence_length = sequence_length or attached.sequence_length
+            label_names = label_names or getattr(attached, "label_names", None)
         tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a preprocessor's
         if not isinstance(tokenizer, Tokenizer):
             raise TypeError(
@@ -241,13 +245,11 @@ def export_saved_model(
         stop_token_ids,
     )  # fmt: skip
     created = not model_dir.exists()
-    temp = model_dir / f".{version}.tmp-{uuid.uuid4().hex[:8]}"  # not a version: ignored
     try:
-        temp.mkdir(parents=True)
-        _write(temp, model, tokenizer, endpoints, model_name, validate)
-        os.rename(temp, target)
+        with atomic_path(target) as temp:  # a hidden name, not a version: servers skip it
+            temp.mkdir()
+            _write(temp, model, tokenizer, endpoints, model_name, validate)
     except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
         if created and model_dir.is_dir() and not any(model_dir.iterdir()):
             model_dir.rmdir()
         raise

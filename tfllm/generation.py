@@ -387,6 +387,44 @@ def _prompts_to_ragged(prompts, tokenizer):
     return kind, tokenizer.tokenize(tf.reshape(tensor, [-1])) if tf.size(tensor) else None
 
 
+def decode_prompts(
+    model, ids, max_new_tokens, sampler, stop_token_ids=(), seed=None, jit_compile=None
+):
+    """Checks, then runs the compiled decoder on ragged prompt ids `(B, (n))`.
+
+    Returns `(new_ids (B, N) int32, new_mask (B, N) bool)` tensors (see `decode`); the
+    shared core of `generate` and `CausalLM.generate`.
+    """
+    sampler = get_sampler(sampler)
+    max_new_tokens = _positive_int("max_new_tokens", max_new_tokens)
+    if ids is None or ids.shape[0] == 0:
+        raise ValueError("`prompts` must not be empty.")
+    lengths = ids.row_lengths().numpy()
+    if lengths.min() == 0:
+        raise ValueError(
+            f"Every prompt needs at least one token. Prompt {lengths.argmin()} is empty."
+        )
+    context = model.backbone.max_sequence_length
+    if lengths.max() + max_new_tokens > context:
+        raise ValueError(
+            f"The longest prompt ({lengths.max()} tokens) plus `max_new_tokens` "
+            f"({max_new_tokens}) exceeds the model's context (`max_sequence_length` = {context})."
+        )
+    seed = random.SystemRandom().randrange(2**62) if seed is None else seed
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"`seed` must be an int or None. Received: {seed!r}")
+    seed = tf.constant(divmod(int(seed) % 2**62, 2**31), tf.int32)
+    ids = tf.cast(ids, tf.int32)
+    token_ids = ids.to_tensor(PAD_ID)
+    padding_mask = tf.cast(tf.ones_like(ids).to_tensor(0), tf.int32)
+    if jit_compile is None:
+        jit_compile = bool(tf.config.list_logical_devices("GPU"))
+    run = _decoder(
+        model, sampler, max_new_tokens, stop_token_ids, bool(jit_compile), int(token_ids.shape[0])
+    )
+    return run(token_ids, padding_mask, seed)
+
+
 def generate(
     model,
     prompts,
@@ -425,40 +463,14 @@ def generate(
     Example:
     >>> generate(lm, [[1, 2, 3], [4]], 8, sampler=TopKSampler(k=10), seed=0)
     """
-    sampler = get_sampler(sampler)
-    max_new_tokens = _positive_int("max_new_tokens", max_new_tokens)
     kind, ids = _prompts_to_ragged(prompts, tokenizer)
-    if ids is None or ids.shape[0] == 0:
-        raise ValueError("`prompts` must not be empty.")
-    lengths = ids.row_lengths().numpy()
-    if lengths.min() == 0:
-        raise ValueError(
-            f"Every prompt needs at least one token. Prompt {lengths.argmin()} is empty."
-        )
-    context = model.backbone.max_sequence_length
-    if lengths.max() + max_new_tokens > context:
-        raise ValueError(
-            f"The longest prompt ({lengths.max()} tokens) plus `max_new_tokens` "
-            f"({max_new_tokens}) exceeds the model's context (`max_sequence_length` = {context})."
-        )
     if stop_token_ids is None:
         eos = getattr(tokenizer, "eos_token_id", None)
         stop_token_ids = () if eos is None else (eos,)
     stop_token_ids = tuple(int(t) for t in np.atleast_1d(stop_token_ids))
-    seed = random.SystemRandom().randrange(2**62) if seed is None else seed
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"`seed` must be an int or None. Received: {seed!r}")
-    seed = tf.constant(divmod(int(seed) % 2**62, 2**31), tf.int32)
-
-    ids = tf.cast(ids, tf.int32)
-    token_ids = ids.to_tensor(PAD_ID)
-    padding_mask = tf.cast(tf.ones_like(ids).to_tensor(0), tf.int32)
-    if jit_compile is None:
-        jit_compile = bool(tf.config.list_logical_devices("GPU"))
-    run = _decoder(
-        model, sampler, max_new_tokens, stop_token_ids, bool(jit_compile), int(token_ids.shape[0])
+    new_ids, new_mask = decode_prompts(
+        model, ids, max_new_tokens, sampler, stop_token_ids, seed, jit_compile
     )
-    new_ids, new_mask = run(token_ids, padding_mask, seed)
     if kind == "dict":
         return {"token_ids": new_ids.numpy(), "padding_mask": new_mask.numpy()}
     ragged = tf.ragged.boolean_mask(new_ids, new_mask)

@@ -1,52 +1,117 @@
-"""Task models: one head on top of a backbone. Losses and metrics go in `compile()`.
+"""Task models: one head on top of a backbone, and an optional preprocessor for raw text.
 
 Pretraining: `CausalLM`, `MaskedLM`, `BertPretrainer`. Fine-tuning: `TextClassifier`,
-`TokenClassifier`.
+`TokenClassifier`. See `tfllm.models.task.Task` for what every task shares (raw inputs
+in `fit` / `evaluate` / `predict`, default `compile()`, config).
 """
 
 import keras
 from keras import ops
 
+from tfllm import generation
 from tfllm.layers import Dropout, MaskedLMHead
 from tfllm.models.bert import BertBackbone
+from tfllm.models.completion import complete
 from tfllm.models.gpt import GPTBackbone
+from tfllm.models.task import Task
+from tfllm.preprocessing import (
+    BertPreprocessor,
+    CausalLMPreprocessor,
+    MaskedLMPreprocessor,
+    TokenClassificationPreprocessor,
+)
 
 
-class Task(keras.Model):
-    """A functional model holding `self.backbone`; config is the backbone plus arguments."""
-
-    config_keys: tuple[str, ...] = ()
-
-    def get_config(self) -> dict:
-        config = {key: getattr(self, key) for key in self.config_keys}
-        config.update(
-            name=self.name, trainable=self.trainable, backbone=keras.layers.serialize(self.backbone)
+def _check_backbone(task: str, backbone, expected) -> None:
+    if not isinstance(backbone, expected):
+        raise TypeError(
+            f"`backbone` of a {task} must be a tfllm {expected.__name__}. "
+            f"Received: {type(backbone).__name__}"
         )
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config, backbone=keras.layers.deserialize(config["backbone"]))
-        return cls(**config)
 
 
 @keras.saving.register_keras_serializable(package="tfllm")
 class CausalLM(Task):
     """Next-token prediction: `GPTBackbone` + output projection (tied by default).
 
+    Args:
+        backbone: a `GPTBackbone`.
+        preprocessor: a `CausalLMPreprocessor`, or None. With one, `fit` / `evaluate` take
+            raw texts and `generate` takes and returns strings.
+
     Inputs: the backbone's dict (`token_ids`, `padding_mask`, ...).
     Output: `logits` `(B, T, vocabulary_size)`; position `t` predicts token `t + 1`.
 
     Example:
-    >>> lm = CausalLM(GPTBackbone.from_preset("gpt_tiny"))
-    >>> lm.compile("adamw", tfllm.losses.SparseCategoricalCrossentropy())
+    >>> tokenizer = tfllm.tokenizers.WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a"])
+    >>> preprocessor = tfllm.preprocessing.CausalLMPreprocessor(tokenizer, sequence_length=16)
+    >>> backbone = GPTBackbone.from_preset("gpt_tiny", vocabulary_size=5)
+    >>> lm = CausalLM(backbone, preprocessor=preprocessor)
+    >>> history = lm.fit(["a a a", "a a"], epochs=1, verbose=0)
+    >>> lm.compile(sampler="greedy")
+    >>> len(lm.generate(["a a"], max_length=8)[0]) > 0
+    True
     """
 
-    def __init__(self, backbone: GPTBackbone, **kwargs):
+    backbone_cls = GPTBackbone
+    preprocessor_cls = CausalLMPreprocessor
+    default_learning_rate = 2e-5
+
+    def __init__(self, backbone: GPTBackbone, preprocessor=None, **kwargs):
+        _check_backbone("CausalLM", backbone, GPTBackbone)
         inputs = backbone.input
         logits = backbone.token_embedding(backbone(inputs), reverse=True)
-        super().__init__(inputs=inputs, outputs=logits, **kwargs)
-        self.backbone = backbone
+        super().__init__(
+            inputs=inputs, outputs=logits, backbone=backbone, preprocessor=preprocessor, **kwargs
+        )
+
+    def compile(self, *args, sampler="greedy", **kwargs):
+        """`Task.compile`, plus the `sampler` of `generate` (a name, dict or `Sampler`)."""
+        super().compile(*args, **kwargs)
+        self.sampler = generation.get_sampler(sampler)
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config is not None:  # the sampler is saved with the other compile arguments
+            config["sampler"] = {"name": self.sampler.name, **self.sampler.get_config()}
+        return config
+
+    def preprocess_samples(self, x, y=None, sample_weight=None):
+        x, y, sample_weight = self.preprocessor(x, y, sample_weight)
+        if self.backbone.packed_sequences:  # one document per row: its tokens are segment 1
+            x = dict(x, segment_ids=x["padding_mask"])
+        return x, y, sample_weight
+
+    def generate(
+        self,
+        inputs,
+        max_length: int | None = None,
+        stop_token_ids="auto",
+        strip_prompt: bool = False,
+        sampler=None,
+        seed: int | None = None,
+    ):
+        """Continues prompts, as keras-hub's `CausalLM.generate`.
+
+        Args:
+            inputs: a string or a list of strings (needs a preprocessor); a dict of
+                `token_ids` and `padding_mask` `(B, L)` (prompts right-padded; generation
+                fills each row up to `L`); or a `tf.data.Dataset` of either (batched).
+            max_length: total length, prompt included, for string inputs (default: the
+                preprocessor's `sequence_length`); token dicts use their width `L`.
+            stop_token_ids: `"auto"` (the preprocessor's end token; needs a preprocessor),
+                None (generate to `max_length`) or a sequence of ids.
+            strip_prompt: return the new tokens only.
+            sampler: overrides the sampler set by `compile(sampler=...)` for this call.
+            seed: int for reproducible sampling.
+
+        Returns:
+            A string or list of strings (prompt + continuation, special tokens removed)
+            for string inputs; for token dicts, a dict of `token_ids` `(B, L)` and boolean
+            `padding_mask` (`(B, N)` new tokens only with `strip_prompt`).
+        """
+        sampler = self.sampler if sampler is None else sampler
+        return complete(self, inputs, max_length, stop_token_ids, strip_prompt, sampler, seed)
 
     def call_with_cache(
         self,
@@ -78,9 +143,19 @@ class MaskedLM(Task):
     Output: `logits` `(B, P, vocabulary_size)` at the masked positions. The last encoder
     block runs only there (`BertBackbone.sequence_output_at`): the same logits for about
     70% less of that block's work at 15% masking.
+
+    Args:
+        backbone: a `BertBackbone`.
+        preprocessor: a `MaskedLMPreprocessor` (raw texts in `fit` / `evaluate`, masked
+            anew at every pass), or None.
     """
 
-    def __init__(self, backbone: BertBackbone, **kwargs):
+    backbone_cls = BertBackbone
+    preprocessor_cls = MaskedLMPreprocessor
+    unused_layer_names = ("pooled_dense",)
+
+    def __init__(self, backbone: BertBackbone, preprocessor=None, **kwargs):
+        _check_backbone("MaskedLM", backbone, BertBackbone)
         inputs = dict(backbone.input)
         inputs["mask_positions"] = keras.Input(shape=(None,), dtype="int32", name="mask_positions")
         backbone_inputs = {key: inputs[key] for key in backbone.input}
@@ -94,8 +169,13 @@ class MaskedLM(Task):
         )
         # The last block runs at the masked positions only (same logits, less work).
         masked = backbone.sequence_output_at(backbone_inputs, inputs["mask_positions"])
-        super().__init__(inputs=inputs, outputs=head(masked), **kwargs)
-        self.backbone = backbone
+        super().__init__(
+            inputs=inputs,
+            outputs=head(masked),
+            backbone=backbone,
+            preprocessor=preprocessor,
+            **kwargs,
+        )
         self.mlm_head = head
 
 
@@ -108,13 +188,23 @@ class BertPretrainer(Task):
     (class 1 = the second segment is a random sentence), matching the labels
     `{"mlm": ids, "nsp": is_random_next}` of `MaskedLMPreprocessor` on `nsp_pairs`.
 
+    Args:
+        backbone: a `BertBackbone`.
+        preprocessor: a `MaskedLMPreprocessor`, or None. With one, `fit` takes sentence
+            pairs `x=(texts_a, texts_b)` with `y` = is-random-next labels, or a dataset of
+            `((text_a, text_b), label)` batches such as `nsp_pairs(documents).batch(32)`.
+
     Example:
     >>> model = BertPretrainer(BertBackbone.from_preset("bert_tiny"))
     >>> loss = tfllm.losses.SparseCategoricalCrossentropy()
     >>> model.compile("adamw", loss={"mlm": loss, "nsp": loss})
     """
 
-    def __init__(self, backbone: BertBackbone, **kwargs):
+    backbone_cls = BertBackbone
+    preprocessor_cls = MaskedLMPreprocessor
+
+    def __init__(self, backbone: BertBackbone, preprocessor=None, **kwargs):
+        _check_backbone("BertPretrainer", backbone, BertBackbone)
         inputs = dict(backbone.input)
         inputs["mask_positions"] = keras.Input(shape=(None,), dtype="int32", name="mask_positions")
         # The last block runs at `[CLS]` (for the pooler) and the masked positions only.
@@ -136,10 +226,19 @@ class BertPretrainer(Task):
             name="nsp_head",
         )
         logits = {"mlm": head(x[:, 1:]), "nsp": nsp_head(backbone.pooled_dense(x[:, 0]))}
-        super().__init__(inputs=inputs, outputs=logits, **kwargs)
-        self.backbone = backbone
+        super().__init__(
+            inputs=inputs, outputs=logits, backbone=backbone, preprocessor=preprocessor, **kwargs
+        )
         self.mlm_head = head
         self.nsp_head = nsp_head
+
+    def default_loss(self):
+        loss = super().default_loss()
+        return {"mlm": loss, "nsp": loss}
+
+    def default_metrics(self) -> dict:
+        accuracy = keras.metrics.SparseCategoricalAccuracy
+        return {"weighted_metrics": {"mlm": [accuracy("accuracy")], "nsp": [accuracy("accuracy")]}}
 
 
 def _check_classes(argument: str, value) -> None:
@@ -150,13 +249,6 @@ def _check_classes(argument: str, value) -> None:
 def _check_dropout(dropout) -> None:
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise ValueError(f"`dropout` must be a float in [0, 1). Received: {dropout!r}")
-
-
-def _check_bert(backbone) -> None:
-    if not isinstance(backbone, BertBackbone):
-        raise TypeError(
-            f"`backbone` must be a tfllm BertBackbone. Received: {type(backbone).__name__}"
-        )
 
 
 def _classification_head(backbone, units: int, dropout: float):
@@ -184,19 +276,30 @@ class TextClassifier(Task):
         pooling: `"cls"`: the backbone's `pooled_output` (tanh dense on `[CLS]`, as BERT);
             `"mean"`: the mean of `sequence_output` over real tokens (`padding_mask` 1), as
             sentence-transformers checkpoints such as all-MiniLM-L6-v2 were trained. With
-            `"mean"` the backbone's unused pooler is made non-trainable.
+            `"mean"` the backbone's pooler is unused and not trained.
         dropout: dropout rate before the output layer.
+        preprocessor: a `BertPreprocessor`, or None. With one, `fit` / `evaluate` /
+            `predict` take texts (or pairs `(texts_a, texts_b)`) and integer labels.
 
     Inputs: the backbone's dict (`token_ids`, `segment_ids`, `padding_mask`).
     Output: `logits` `(B, num_classes)`.
 
     Example:
-    >>> model = TextClassifier(BertBackbone.from_preset("bert_tiny"), num_classes=2)
-    >>> loss = tfllm.losses.SparseCategoricalCrossentropy()
-    >>> model.compile("adamw", loss, metrics=["accuracy"])
+    >>> tokenizer = tfllm.tokenizers.WordPieceTokenizer(
+    ...     ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "good", "bad", "film"])
+    >>> model = TextClassifier(
+    ...     BertBackbone.from_preset("bert_tiny", vocabulary_size=7),
+    ...     num_classes=2,
+    ...     preprocessor=tfllm.preprocessing.BertPreprocessor(tokenizer, sequence_length=8),
+    ... )
+    >>> history = model.fit(["good film", "bad film"], [1, 0], epochs=2, verbose=0)
+    >>> model.predict(["a good film"], verbose=0).shape
+    (1, 2)
     """
 
     config_keys = ("num_classes", "pooling", "dropout")
+    backbone_cls = BertBackbone
+    preprocessor_cls = BertPreprocessor
 
     def __init__(
         self,
@@ -204,9 +307,10 @@ class TextClassifier(Task):
         num_classes: int,
         pooling: str = "cls",
         dropout: float = 0.1,
+        preprocessor=None,
         **kwargs,
     ):
-        _check_bert(backbone)
+        _check_backbone("TextClassifier", backbone, BertBackbone)
         _check_classes("num_classes", num_classes)
         _check_dropout(dropout)
         if pooling not in ("cls", "mean"):
@@ -216,19 +320,27 @@ class TextClassifier(Task):
             first = ops.zeros_like(inputs["token_ids"][:, :1])
             pooled = backbone.pooled_dense(backbone.sequence_output_at(inputs, first)[:, 0])
         else:
-            backbone.pooled_dense.trainable = False  # no gradient reaches it
             sequence = backbone(inputs)["sequence_output"]  # (B, T, d)
             mask = ops.cast(inputs["padding_mask"], sequence.dtype)[:, :, None]
             count = ops.maximum(ops.sum(mask, axis=1), 1.0)  # (B, 1)
             pooled = ops.sum(sequence * mask, axis=1) / count
         output_dropout, output_dense = _classification_head(backbone, num_classes, dropout)
-        super().__init__(inputs=inputs, outputs=output_dense(output_dropout(pooled)), **kwargs)
-        self.backbone = backbone
+        super().__init__(
+            inputs=inputs,
+            outputs=output_dense(output_dropout(pooled)),
+            backbone=backbone,
+            preprocessor=preprocessor,
+            **kwargs,
+        )
         self.num_classes = num_classes
         self.pooling = pooling
         self.dropout = dropout
         self.output_dropout = output_dropout
         self.output_dense = output_dense
+        self.unused_layer_names = ("pooled_dense",) if pooling == "mean" else ()
+
+    def default_metrics(self) -> dict:
+        return {"metrics": [keras.metrics.SparseCategoricalAccuracy("accuracy")]}
 
 
 @keras.saving.register_keras_serializable(package="tfllm")
@@ -237,12 +349,15 @@ class TokenClassifier(Task):
 
     Pair it with `TokenClassificationPreprocessor`, which labels the first word piece of
     each word and gives other positions a `sample_weight` of 0. The backbone's pooler is
-    unused and made non-trainable.
+    unused and not trained.
 
     Args:
         backbone: a `BertBackbone`.
         num_labels: number of tags (>= 2), e.g. `len(["O", "B-loc", "I-loc"])`.
         dropout: dropout rate before the output layer.
+        preprocessor: a `TokenClassificationPreprocessor`, or None. With one, `fit` /
+            `evaluate` take lists of words and one tag (name or id) per word; `predict`
+            takes lists of words and returns logits per word piece.
 
     Inputs: the backbone's dict. Output: `logits` `(B, T, num_labels)`.
 
@@ -253,17 +368,37 @@ class TokenClassifier(Task):
     """
 
     config_keys = ("num_labels", "dropout")
+    backbone_cls = BertBackbone
+    preprocessor_cls = TokenClassificationPreprocessor
+    unused_layer_names = ("pooled_dense",)
 
-    def __init__(self, backbone: BertBackbone, num_labels: int, dropout: float = 0.1, **kwargs):
-        _check_bert(backbone)
+    def __init__(
+        self,
+        backbone: BertBackbone,
+        num_labels: int,
+        dropout: float = 0.1,
+        preprocessor=None,
+        **kwargs,
+    ):
+        _check_backbone("TokenClassifier", backbone, BertBackbone)
         _check_classes("num_labels", num_labels)
         _check_dropout(dropout)
+        names = getattr(preprocessor, "label_names", None)
+        if names is not None and len(names) != num_labels:
+            raise ValueError(
+                f"`preprocessor.label_names` has {len(names)} names but "
+                f"`num_labels` is {num_labels}."
+            )
         inputs = dict(backbone.input)
-        backbone.pooled_dense.trainable = False  # no gradient reaches it
         sequence = backbone(inputs)["sequence_output"]  # (B, T, d)
         output_dropout, output_dense = _classification_head(backbone, num_labels, dropout)
-        super().__init__(inputs=inputs, outputs=output_dense(output_dropout(sequence)), **kwargs)
-        self.backbone = backbone
+        super().__init__(
+            inputs=inputs,
+            outputs=output_dense(output_dropout(sequence)),
+            backbone=backbone,
+            preprocessor=preprocessor,
+            **kwargs,
+        )
         self.num_labels = num_labels
         self.dropout = dropout
         self.output_dropout = output_dropout

@@ -1,6 +1,7 @@
 """Next-token prediction inputs: one text per row, or many documents packed into windows."""
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfllm.preprocessing.base import (
@@ -75,6 +76,32 @@ class CausalLMPreprocessor(Preprocessor):
         x = {"token_ids": ids[:, :-1], "padding_mask": mask[:, :-1]}
         outputs = (x, ids[:, 1:], tf.cast(mask[:, 1:], tf.float32))
         return unbatch_like(outputs, batched)
+
+    def generate_preprocess(self, x, sequence_length: int | None = None) -> dict:
+        """Prompts -> `token_ids` / `padding_mask` int32 `(B, L)`: `[BOS] ids`, right-padded.
+
+        No end token (the prompt goes on); `L` is `sequence_length` (default: this
+        preprocessor's), longer prompts are cut at the end.
+        """
+        length = self.sequence_length if sequence_length is None else sequence_length
+        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+            raise ValueError(f"`sequence_length` must be an int >= 1. Received: {length!r}")
+        strings, batched = to_batch(x)
+        ids = self.tokenizer.tokenize(strings)
+        if self.add_bos:
+            bos = tf.fill(tf.stack([ids.nrows(), 1]), self.bos_token_id)
+            ids = tf.concat([tf.RaggedTensor.from_tensor(bos), ids], axis=1)
+        token_ids, padding_mask = pad(ids[:, :length], length, self.pad_token_id)
+        return unbatch_like({"token_ids": token_ids, "padding_mask": padding_mask}, batched)
+
+    def generate_postprocess(self, x) -> list[str]:
+        """`token_ids` / `padding_mask` `(B, L)` -> `B` strings, without BOS / EOS tokens."""
+        ids = np.asarray(x["token_ids"])
+        keep = np.asarray(x["padding_mask"]).astype(bool)
+        specials = [t for t in (self.bos_token_id, self.eos_token_id) if t is not None]
+        keep &= ~np.isin(ids, specials)
+        texts = self.tokenizer.detokenize(tf.ragged.boolean_mask(ids, keep)).numpy()
+        return [text.decode("utf-8", errors="replace") for text in texts]
 
     def pack(self, texts: tf.data.Dataset) -> tf.data.Dataset:
         """Scalar-string dataset of documents -> packed windows (see `pack_documents`)."""
