@@ -126,14 +126,19 @@ class WordPieceTokenizer(Tokenizer):
         return config
 
     @classmethod
-    def from_huggingface(cls, path) -> "WordPieceTokenizer":
-        """Loads `vocab.txt` (and casing from `tokenizer_config.json`) of a HF folder."""
+    def from_huggingface(cls, path, **kwargs) -> "WordPieceTokenizer":
+        """Loads `vocab.txt` (and casing from `tokenizer_config.json`) of a HF folder.
+
+        `kwargs` override the settings read from `tokenizer_config.json`.
+        """
         folder = Path(path)
         config_file = folder / "tokenizer_config.json"
         config = json.loads(config_file.read_text()) if config_file.exists() else {}
-        return cls(
-            folder / "vocab.txt",
+        unknown = config.get("unk_token", "[UNK]")
+        settings = dict(
             lowercase=config.get("do_lower_case", True),
             strip_accents=config.get("strip_accents"),
-            unknown_token=config.get("unk_token", "[UNK]"),
+            # Older files store special tokens as `{"content": "[UNK]", ...}`.
+            unknown_token=unknown["content"] if isinstance(unknown, dict) else unknown,
         )
+        return cls(folder / "vocab.txt", **{**settings, **kwargs})
