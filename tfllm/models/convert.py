@@ -107,7 +107,43 @@ def _dense(layer, weights: dict, prefix: str, transpose: bool = True):
 
 def bert_from_huggingface(path, **overrides) -> BertBackbone:
     """`BertBackbone` with the weights of a local Hugging Face BERT checkpoint folder."""
+    return _bert_backbone(*read_huggingface_folder(path), overrides)
+
+
+def bert_task_from_huggingface(path, **overrides):
+    """`(backbone, task)` of a Hugging Face BERT folder; `task` holds its pretraining heads.
+
+    With the masked-LM head (`cls.predictions.*`, decoder tied to the word embeddings) the
+    task is a `MaskedLM`, or a `BertPretrainer` when next-sentence prediction
+    (`cls.seq_relationship.*`) is there too; without it, `task` is `None`.
+    """
+    from tfllm.models.tasks import BertPretrainer, MaskedLM  # tasks may import presets
+
     config, weights = read_huggingface_folder(path)
+    backbone = _bert_backbone(config, weights, overrides)
+    if not any(key.startswith("cls.predictions.") for key in weights):
+        return backbone, None
+    if any(key.startswith("cls.seq_relationship.") for key in weights):
+        task = BertPretrainer(backbone)
+        _dense(task.nsp_head, weights, "cls.seq_relationship")
+    else:
+        task = MaskedLM(backbone)
+    head, p = task.mlm_head, "cls.predictions"
+    _dense(head.transform, weights, f"{p}.transform.dense")
+    _layer_norm(head.layer_norm, weights, f"{p}.transform.LayerNorm")
+    bias = f"{p}.bias" if f"{p}.bias" in weights else f"{p}.decoder.bias"
+    _assign(head.output_bias, _tensor(weights, bias), bias)
+    decoder = weights.get(f"{p}.decoder.weight")
+    embeddings = weights["embeddings.word_embeddings.weight"]
+    if decoder is not None and not np.array_equal(decoder, embeddings):
+        raise ValueError(
+            f"Checkpoint {str(path)!r} has a masked-LM decoder that is not tied to the word "
+            "embeddings; tfllm's MaskedLMHead reuses the embedding table."
+        )
+    return backbone, task
+
+
+def _bert_backbone(config: dict, weights: dict, overrides: dict) -> BertBackbone:
     _check_model_type(config, "bert")
     if config.get("position_embedding_type", "absolute") != "absolute":
         raise ValueError(

@@ -1,4 +1,8 @@
-"""Named architecture sizes. A preset is constructor kwargs, nothing more (no weights)."""
+"""Named architecture sizes. A preset is constructor kwargs, nothing more (no weights).
+
+`Backbone.from_preset(name)` builds a randomly initialised backbone of that size; weights
+come from a preset folder instead (`Backbone.from_preset(folder)`, `tfllm.models.preset_io`).
+"""
 
 PRESETS: dict[str, dict] = {
     # Tiny sizes for tests and the built-in demo.
@@ -65,8 +69,8 @@ PRESETS: dict[str, dict] = {
             max_sequence_length=128,
         ),
     },
-    # Published shapes.
-    "bert_base": {
+    # Published shapes, random weights (BERT-base, GPT-2 small).
+    "bert_base_random": {
         "backbone": "bert",
         "config": dict(
             vocabulary_size=30522,
@@ -77,7 +81,7 @@ PRESETS: dict[str, dict] = {
             max_sequence_length=512,
         ),
     },
-    "gpt2_small": {
+    "gpt2_small_random": {
         "backbone": "gpt",
         "config": dict(
             vocabulary_size=50257,
