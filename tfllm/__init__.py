@@ -16,7 +16,26 @@ if keras.backend.backend() != "tensorflow":
         f"Received: KERAS_BACKEND={keras.backend.backend()!r}"
     )
 
-from tfllm import assets, layers, models  # noqa: E402
+from tfllm import (  # noqa: E402
+    assets,
+    generation,
+    layers,
+    losses,
+    metrics,
+    models,
+    preprocessing,
+    tokenizers,
+)
 
 __version__ = "0.1.0"
-__all__ = ["assets", "layers", "models", "__version__"]
+__all__ = [
+    "assets",
+    "generation",
+    "layers",
+    "losses",
+    "metrics",
+    "models",
+    "preprocessing",
+    "tokenizers",
+    "__version__",
+]

@@ -37,7 +37,7 @@ class BertBackbone(Backbone):
     >>> model = BertBackbone.from_preset("bert_tiny")
     >>> ids = np.ones((2, 8), "int32")
     >>> out = model({"token_ids": ids, "segment_ids": 0 * ids, "padding_mask": ids})
-    >>> out["sequence_output"].shape
+    >>> tuple(out["sequence_output"].shape)
     (2, 8, 64)
     """
 

@@ -44,7 +44,7 @@ class GPTBackbone(Backbone):
     Example:
     >>> model = GPTBackbone.from_preset("gpt_tiny")
     >>> ids = np.ones((2, 8), "int32")
-    >>> model({"token_ids": ids, "padding_mask": ids}).shape
+    >>> tuple(model({"token_ids": ids, "padding_mask": ids}).shape)
     (2, 8, 64)
     """
 

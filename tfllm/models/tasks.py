@@ -148,6 +148,17 @@ class MaskedLM(Task):
         backbone: a `BertBackbone`.
         preprocessor: a `MaskedLMPreprocessor` (raw texts in `fit` / `evaluate`, masked
             anew at every pass), or None.
+
+    Example:
+    >>> tokenizer = tfllm.tokenizers.WordPieceTokenizer(
+    ...     ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "film", "was", "good"])
+    >>> model = MaskedLM(
+    ...     BertBackbone.from_preset("bert_tiny", vocabulary_size=9),
+    ...     preprocessor=tfllm.preprocessing.MaskedLMPreprocessor(tokenizer, 16),
+    ... )
+    >>> history = model.fit(["the film was good", "good film"], epochs=2, verbose=0)
+    >>> len(history.history["loss"])
+    2
     """
 
     backbone_cls = BertBackbone
@@ -195,9 +206,16 @@ class BertPretrainer(Task):
             `((text_a, text_b), label)` batches such as `nsp_pairs(documents).batch(32)`.
 
     Example:
-    >>> model = BertPretrainer(BertBackbone.from_preset("bert_tiny"))
-    >>> loss = tfllm.losses.SparseCategoricalCrossentropy()
-    >>> model.compile("adamw", loss={"mlm": loss, "nsp": loss})
+    >>> tokenizer = tfllm.tokenizers.WordPieceTokenizer(
+    ...     ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c"])
+    >>> model = BertPretrainer(
+    ...     BertBackbone.from_preset("bert_tiny", vocabulary_size=8),
+    ...     preprocessor=tfllm.preprocessing.MaskedLMPreprocessor(tokenizer, 16),
+    ... )
+    >>> pairs = (["a b c", "c b"], ["b a", "a a a"])  # (first sentences, second sentences)
+    >>> history = model.fit(pairs, [0, 1], verbose=0)  # y: is the second one random?
+    >>> sorted(history.history)
+    ['loss', 'mlm_accuracy', 'mlm_loss', 'nsp_accuracy', 'nsp_loss']
     """
 
     backbone_cls = BertBackbone
@@ -362,9 +380,18 @@ class TokenClassifier(Task):
     Inputs: the backbone's dict. Output: `logits` `(B, T, num_labels)`.
 
     Example:
-    >>> model = TokenClassifier(BertBackbone.from_preset("bert_tiny"), num_labels=3)
-    >>> loss = tfllm.losses.SparseCategoricalCrossentropy()
-    >>> model.compile("adamw", loss, weighted_metrics=[EntityF1(["O", "B-loc", "I-loc"])])
+    >>> tags = ["O", "B-loc", "I-loc"]
+    >>> tokenizer = tfllm.tokenizers.WordPieceTokenizer(
+    ...     ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "to", "new", "york"])
+    >>> model = TokenClassifier(
+    ...     BertBackbone.from_preset("bert_tiny", vocabulary_size=7),
+    ...     num_labels=3,
+    ...     preprocessor=tfllm.preprocessing.TokenClassificationPreprocessor(tokenizer, 8, tags),
+    ... )
+    >>> model.compile(weighted_metrics=[tfllm.metrics.EntityF1(tags)])  # loss: "auto"
+    >>> history = model.fit([["to", "new", "york"]], [["O", "B-loc", "I-loc"]], verbose=0)
+    >>> model.predict([["new", "york"]], verbose=0).shape  # logits per word piece
+    (1, 8, 3)
     """
 
     config_keys = ("num_labels", "dropout")
