@@ -11,6 +11,7 @@ Example:
 >>> Trainer(model, strategy, run_dir, steps=1000).fit(dataset_fn)
 """
 
+import contextlib
 import glob
 import json
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 import tensorflow as tf
 import tensorflow_text as tf_text
 
+from tfllm.io import atomic_path
 from tfllm.preprocessing import CausalLMPreprocessor, MaskedLMPreprocessor, nsp_pairs
 
 PARAGRAPH_BREAK = r"\n[ \t\r]*\n"
@@ -40,22 +42,17 @@ def expand_files(patterns: Iterable[str], argument: str = "train_files") -> list
 def write_tfrecords(texts: Iterable[str], directory, num_shards: int = 4) -> list[str]:
     """Writes texts round robin into `num_shards` TFRecord files of `tf.train.Example`s."""
     folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
     paths = [str(folder / f"shard-{i:05d}-of-{num_shards:05d}.tfrecord") for i in range(num_shards)]
-    temps = [p + ".tmp" for p in paths]
-    writers = [tf.io.TFRecordWriter(t) for t in temps]
-    try:
+    # Writers close before the temporaries are renamed (the stack unwinds in reverse).
+    with contextlib.ExitStack() as stack:
+        temps = [stack.enter_context(atomic_path(p)) for p in paths]
+        writers = [stack.enter_context(tf.io.TFRecordWriter(str(t))) for t in temps]
         for i, text in enumerate(texts):
             feature = {
                 "text": tf.train.Feature(bytes_list=tf.train.BytesList(value=[text.encode()]))
             }
             example = tf.train.Example(features=tf.train.Features(feature=feature))
             writers[i % num_shards].write(example.SerializeToString())
-    finally:
-        for writer in writers:
-            writer.close()
-    for temp, path in zip(temps, paths, strict=True):
-        os.replace(temp, path)
     return paths
 
 

@@ -17,12 +17,11 @@ Example:
 """
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import tensorflow as tf
+
+from tfllm.io import atomic_path
 
 SPEC_FILE = "element_spec.json"
 
@@ -68,9 +67,8 @@ def write_example_shards(dataset: tf.data.Dataset, directory, num_shards: int = 
         return tf.io.serialize_tensor(tf.stack(parts))
 
     names = [f"examples-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
+    with atomic_path(folder) as staging:  # replaces an empty `folder` whole
+        staging.mkdir()
         writers = [tf.io.TFRecordWriter(str(staging / name)) for name in names]
         records = dataset.map(serialize, num_parallel_calls=tf.data.AUTOTUNE)
         for i, record in enumerate(records.as_numpy_iterator()):
@@ -78,11 +76,6 @@ def write_example_shards(dataset: tf.data.Dataset, directory, num_shards: int = 
         for writer in writers:
             writer.close()
         (staging / SPEC_FILE).write_text(json.dumps(spec))
-        if folder.exists():
-            folder.rmdir()  # empty: checked above
-        os.replace(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return [str(folder / name) for name in names]
 
 

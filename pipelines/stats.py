@@ -15,6 +15,7 @@ Example:
 """
 
 import html
+import io
 import json
 import os
 import tempfile
@@ -108,33 +109,39 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(f.name, path)
 
 
+def _figure(figsize) -> tuple:
+    """A figure and its axes through matplotlib's object API: no pyplot, no backend switch."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=figsize)
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots()
+
+
+def _png(figure) -> bytes:
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
 def _plots(report: dict, folder: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = []
     for key, title in (("before", "collected"), ("after", "kept")):
         hist = report[key]["length_histogram_log2"]
-        fig, ax = plt.subplots(figsize=(6, 3))
+        fig, ax = _figure((6, 3))
         ax.bar(range(len(hist)), hist)
         ax.set(xlabel="log2(tokens per document)", ylabel="documents", title=f"Lengths, {title}")
         names.append(f"lengths_{key}.png")
-        fig.tight_layout()
-        fig.savefig(folder / f".tmp-{names[-1]}")
-        plt.close(fig)
-        os.replace(folder / f".tmp-{names[-1]}", folder / names[-1])
+        _atomic_write(folder / names[-1], _png(fig))
     drops = report["drop_reasons"]
     if drops:
-        fig, ax = plt.subplots(figsize=(6, 0.3 * len(drops) + 1))
+        fig, ax = _figure((6, 0.3 * len(drops) + 1))
         ax.barh(list(drops), list(drops.values()))
         ax.set(xlabel="documents dropped", title="Drop reasons")
         names.append("drop_reasons.png")
-        fig.tight_layout()
-        fig.savefig(folder / ".tmp-drop_reasons.png")
-        plt.close(fig)
-        os.replace(folder / ".tmp-drop_reasons.png", folder / names[-1])
+        _atomic_write(folder / names[-1], _png(fig))
     return names
 
 

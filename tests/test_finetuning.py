@@ -391,6 +391,14 @@ def test_bad_finetune_runs(files):
         finetune(finetune_config(files, init_from="/nonexistent/run"), verbose=False)
 
 
+def test_a_failed_finetune_restores_the_previous_dtype_policy(files):
+    keras.config.set_dtype_policy("mixed_float16")
+    config = finetune_config(files, init_from="/nonexistent/run", precision="mixed_bfloat16")
+    with pytest.raises(ValueError, match="does not exist"):
+        finetune(config, verbose=False)
+    assert keras.config.dtype_policy().name == "mixed_float16"
+
+
 # --- 5. Data ------------------------------------------------------------------------------------
 
 

@@ -1,6 +1,7 @@
 """Whole pretraining runs from a RunConfig, through `tools/train.py`."""
 
 import json
+from pathlib import Path
 
 import keras
 import pytest
@@ -73,3 +74,25 @@ def test_bad_runs_fail_before_training(tmp_path, corpus, overrides, error):
     with pytest.raises(ValueError, match=error):
         train.main(args)
     assert not list(tmp_path.glob("*/checkpoints"))
+
+
+def test_a_failed_run_keeps_the_previous_model_and_dtype_policy(tmp_path, corpus, monkeypatch):
+    config = RunConfig(
+        train_files=(corpus,), vocabulary_size=120, sequence_length=16, batch_size=4, steps=1,
+        log_every=1, checkpoint_every=1, output_dir=str(tmp_path), name="r",
+        precision="mixed_bfloat16",
+    )  # fmt: skip
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "model.keras").write_bytes(b"previous")
+
+    def save_fails_halfway(model, filepath, *args, **kwargs):
+        Path(filepath).write_bytes(b"half a model")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(keras.Model, "save", save_fails_halfway)
+    keras.config.set_dtype_policy("mixed_float16")
+    with pytest.raises(OSError, match="disk full"):
+        pretrain(config, verbose=False)
+    assert keras.config.dtype_policy().name == "mixed_float16"
+    assert (tmp_path / "r" / "model.keras").read_bytes() == b"previous"
+    assert not list((tmp_path / "r").glob(".model*"))

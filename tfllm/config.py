@@ -14,6 +14,8 @@ import types
 import typing
 from pathlib import Path
 
+from tfllm.io import atomic_write
+
 PRETRAINING_TASKS = ("causal_lm", "masked_lm", "bert_pretraining")
 FINETUNING_TASKS = ("classification", "token_classification")
 TASKS = PRETRAINING_TASKS + FINETUNING_TASKS
@@ -208,11 +210,7 @@ class RunConfig:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     def save(self, path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(f".{path.name}.tmp")
-        temp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        temp.replace(path)
+        atomic_write(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     def replace(self, **changes) -> "RunConfig":
         return dataclasses.replace(self, **changes)

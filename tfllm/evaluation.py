@@ -18,7 +18,6 @@ Example:
 
 import collections
 import json
-import os
 from pathlib import Path
 
 import keras
@@ -29,6 +28,7 @@ from pipelines import labelled
 from pipelines.datasets import expand_files, pretraining_dataset_fn
 from tfllm.config import FINETUNING_TASKS, RunConfig
 from tfllm.finetuning import baseline, load_data
+from tfllm.io import atomic_write
 from tfllm.metrics import entity_f1
 from tfllm.plots import plot_confusion_matrix, plot_per_class
 from tfllm.preprocessing import BertPreprocessor, TokenClassificationPreprocessor
@@ -124,9 +124,7 @@ def evaluate_run(run_dir, split: str = "test", output_dir=None) -> dict:
         report.update(_evaluate_labelled(config, tokenizer, model, split, output_dir))
     else:
         report.update(_evaluate_language_model(config, tokenizer, model))
-    temp = output_dir / ".report.json.tmp"
-    temp.write_text(json.dumps(report, indent=1))
-    os.replace(temp, output_dir / "report.json")
+    atomic_write(output_dir / "report.json", json.dumps(report, indent=1))
     return report
 
 

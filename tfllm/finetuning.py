@@ -20,7 +20,6 @@ Example:
 
 import collections
 import json
-import os
 from pathlib import Path
 
 import keras
@@ -29,6 +28,7 @@ from pipelines import labelled
 from pipelines.datasets import expand_files
 from tfllm import assets
 from tfllm.config import RunConfig
+from tfllm.io import atomic_path, atomic_write
 from tfllm.losses import SparseCategoricalCrossentropy
 from tfllm.metrics import EntityF1, PrecisionRecallF1
 from tfllm.models import PRESETS, BertBackbone, TextClassifier, TokenClassifier
@@ -246,11 +246,12 @@ def finetune(config: RunConfig, verbose: bool = True) -> dict:
             "the interval between evaluations."
         )
     data = load_data(config)
+    previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(config.precision)  # the head's layers follow it
     try:
         return _finetune(config, data, verbose)
     finally:
-        keras.config.set_dtype_policy("float32")
+        keras.config.set_dtype_policy(previous)
 
 
 def _finetune(config: RunConfig, data: labelled.LabelledData, verbose: bool) -> dict:
@@ -296,8 +297,8 @@ def _finetune(config: RunConfig, data: labelled.LabelledData, verbose: bool) -> 
         summary.update({f"test_{k}": v for k, v in _evaluate(model, test).items()})
     summary.update(baseline(config.task, data))
     _save_model(model, run_dir / "model.keras")
-    (run_dir / "history.json").write_text(json.dumps(history, indent=1))
-    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
+    atomic_write(run_dir / "history.json", json.dumps(history, indent=1))
+    atomic_write(run_dir / "metrics.json", json.dumps(summary, indent=1))
     plot_history(history, run_dir / "curves.png")
     return summary
 
@@ -344,6 +345,5 @@ def _save_model(model: keras.Model, path: Path) -> None:
     """Saves an uncompiled copy (no optimizer state) atomically."""
     copy = type(model).from_config(model.get_config())
     copy.set_weights(model.get_weights())
-    temp = path.with_name(f".{path.stem}.tmp.keras")
-    copy.save(temp)
-    os.replace(temp, path)
+    with atomic_path(path) as temp:
+        copy.save(temp)

@@ -1,13 +1,23 @@
-"""PNG plots of run histories (matplotlib, no display needed)."""
+"""PNG plots of run histories (matplotlib, no display needed).
 
-import os
+Figures are drawn through matplotlib's object API (`Figure` on an Agg canvas), never
+pyplot, so importing or plotting leaves the process's backend and figure list alone.
+"""
+
 from pathlib import Path
 
-import matplotlib
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from tfllm.io import atomic_path
+
+
+def new_figure(**kwargs) -> Figure:
+    """A `Figure(**kwargs)` on its own Agg canvas (not registered with pyplot)."""
+    figure = Figure(**kwargs)
+    FigureCanvasAgg(figure)
+    return figure
 
 
 def plot_history(history: dict[str, list[float]], path, keys: tuple[str, ...] = ()) -> Path:
@@ -21,7 +31,8 @@ def plot_history(history: dict[str, list[float]], path, keys: tuple[str, ...] = 
         for k in history
         if k != "step" and not k.startswith("val_") and len(history[k]) == len(steps)
     )
-    figure, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
+    figure = new_figure(figsize=(4 * len(names), 3.2))
+    axes = figure.subplots(1, len(names), squeeze=False)
     for axis, name in zip(axes[0], names, strict=True):
         axis.plot(steps, history[name], label="train")
         if len(history.get(f"val_{name}", [])) == len(steps):
@@ -30,7 +41,7 @@ def plot_history(history: dict[str, list[float]], path, keys: tuple[str, ...] = 
         axis.set_title(name)
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_confusion_matrix(matrix, label_names, path, title: str = "confusion matrix") -> Path:
@@ -38,7 +49,8 @@ def plot_confusion_matrix(matrix, label_names, path, title: str = "confusion mat
     matrix = np.asarray(matrix, dtype=float)
     rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     size = 2.5 + 0.45 * len(label_names)
-    figure, axis = plt.subplots(figsize=(size + 1, size))
+    figure = new_figure(figsize=(size + 1, size))
+    axis = figure.subplots()
     image = axis.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     figure.colorbar(image, ax=axis, label="fraction of the true class")
     ticks = range(len(label_names))
@@ -51,13 +63,14 @@ def plot_confusion_matrix(matrix, label_names, path, title: str = "confusion mat
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
     axis.set_title(title)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_per_class(scores: dict[str, float], path, title: str = "F1 per class") -> Path:
     """Horizontal bars of one score per class (0-1)."""
     names = list(scores)
-    figure, axis = plt.subplots(figsize=(6, 1 + 0.35 * len(names)))
+    figure = new_figure(figsize=(6, 1 + 0.35 * len(names)))
+    axis = figure.subplots()
     axis.barh(names, [scores[n] for n in names], color="tab:blue")
     axis.set_xlim(0, 1)
     axis.invert_yaxis()
@@ -65,16 +78,12 @@ def plot_per_class(scores: dict[str, float], path, title: str = "F1 per class") 
         axis.text(min(scores[name] + 0.01, 0.9), i, f"{scores[name]:.3f}", va="center")
     axis.set_title(title)
     axis.grid(alpha=0.3, axis="x")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
-def _save(figure, path) -> Path:
+def save_figure(figure: Figure, path) -> Path:
     """Writes `figure` as a PNG atomically: `path` is either the whole file or absent."""
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(temp, dpi=100)
-    plt.close(figure)
-    os.replace(temp, path)
-    return path
+    with atomic_path(path) as temp:
+        figure.savefig(temp, dpi=100)
+    return Path(path)

@@ -13,6 +13,7 @@ import tensorflow as tf
 from pipelines.datasets import expand_files, pretraining_dataset_fn, read_documents
 from tfllm import assets, benchmarking
 from tfllm.config import RunConfig
+from tfllm.io import atomic_path, atomic_write
 from tfllm.losses import SparseCategoricalCrossentropy
 from tfllm.metrics import Perplexity
 from tfllm.models import PRESETS, BertBackbone, BertPretrainer, CausalLM, GPTBackbone, MaskedLM
@@ -101,7 +102,15 @@ def pretrain(config: RunConfig, verbose: bool = True) -> dict:
         )
     else:
         files, validation_files = default_corpus()
+    previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(config.precision)
+    try:
+        return _pretrain(config, files, validation_files, verbose)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _pretrain(config: RunConfig, files: list, validation_files: list, verbose: bool) -> dict:
     strategy = make_strategy(config.strategy)
     if config.batch_size % strategy.num_replicas_in_sync:
         raise ValueError(
@@ -156,11 +165,11 @@ def pretrain(config: RunConfig, verbose: bool = True) -> dict:
         validation_steps=config.validation_steps,
     )
     if trainer.is_chief:
-        model.save(run_dir / "model.keras")
-        (run_dir / "history.json").write_text(json.dumps(history, indent=1))
+        with atomic_path(run_dir / "model.keras") as temp:
+            model.save(temp)
+        atomic_write(run_dir / "history.json", json.dumps(history, indent=1))
         if history["step"]:
             plot_history(history, run_dir / "curves.png")
-    keras.config.set_dtype_policy("float32")
     last = {k: v[-1] for k, v in history.items() if v}
     return {"run_dir": str(run_dir), "replicas": strategy.num_replicas_in_sync, **last}
 

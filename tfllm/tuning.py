@@ -43,7 +43,8 @@ from keras_tuner.engine import trial as trial_module
 
 from tfllm.benchmarking import markdown_table
 from tfllm.config import FINETUNING_TASKS, RunConfig
-from tfllm.plots import plt  # matplotlib with the Agg backend
+from tfllm.io import atomic_write
+from tfllm.plots import new_figure, save_figure
 
 TUNERS = ("random", "grid", "bayesian", "hyperband")
 # Backbone settings a search may vary (into `model_overrides`), with their types.
@@ -331,7 +332,7 @@ def _check_same_search(path: Path, settings: dict, overwrite: bool) -> None:
             f"{path.parent} holds a different search ({path}): use another directory, the "
             "same settings to resume, or `overwrite`."
         )
-    _write_atomic(path, json.dumps(settings, indent=1))
+    atomic_write(path, json.dumps(settings, indent=1))
 
 
 def write_report(oracle, hypermodel: RunConfigHyperModel, directory: Path) -> dict:
@@ -351,9 +352,9 @@ def write_report(oracle, hypermodel: RunConfigHyperModel, directory: Path) -> di
     writer = csv.DictWriter(text, list(rows[0]) if rows else ["trial"])
     writer.writeheader()
     writer.writerows(rows)
-    _write_atomic(directory / "trials.csv", text.getvalue())
+    atomic_write(directory / "trials.csv", text.getvalue())
     cells = [[f"{v:.4g}" if isinstance(v, float) else v for v in r.values()] for r in rows]
-    _write_atomic(directory / "trials.md", markdown_table(list(rows[0]), cells) + "\n")
+    atomic_write(directory / "trials.md", markdown_table(list(rows[0]), cells) + "\n")
     done = [r for r in rows if r[name] is not None]
     plot_trials(
         [r[name] for r in rows], name, oracle.objective.direction, directory / "objective.png"
@@ -379,7 +380,8 @@ def write_report(oracle, hypermodel: RunConfigHyperModel, directory: Path) -> di
 def plot_trials(values: list, name: str, direction: str, path) -> Path:
     """PNG of `values` (one per trial, `None` = failed, drawn as red crosses) and the best
     so far, written atomically."""
-    figure, axis = plt.subplots(figsize=(6, 3.5))
+    figure = new_figure(figsize=(6, 3.5))
+    axis = figure.subplots()
     done = [(i, v) for i, v in enumerate(values) if v is not None]
     if done:
         order, scores = zip(*done, strict=True)
@@ -394,20 +396,7 @@ def plot_trials(values: list, name: str, direction: str, path) -> Path:
     axis.xaxis.get_major_locator().set_params(integer=True)
     axis.set_ylabel(name)
     axis.grid(alpha=0.3)
-    figure.tight_layout()
-    path = Path(path)
-    temp = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(temp, dpi=100)
-    plt.close(figure)
-    os.replace(temp, path)
-    return path
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # chief and workers may race
-    temp.write_text(text)
-    temp.replace(path)
+    return save_figure(figure, path)
 
 
 def _trial_main(config_path: str, summary_path: str, parent_pid: str) -> None:
@@ -422,7 +411,7 @@ def _trial_main(config_path: str, summary_path: str, parent_pid: str) -> None:
     config = RunConfig.load(config_path)
     run = finetune if config.task in FINETUNING_TASKS else pretrain
     summary = run(config, verbose=False)
-    _write_atomic(Path(summary_path), json.dumps(summary, indent=1))
+    atomic_write(Path(summary_path), json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":

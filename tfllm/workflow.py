@@ -17,10 +17,11 @@ Example:
 import dataclasses
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+
+from tfllm.io import atomic_write
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,10 +44,7 @@ class Stage:
 
 
 def _write_json(path: Path, value) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(json.dumps(value, indent=1, default=str))
-    os.replace(temp, path)
+    atomic_write(path, json.dumps(value, indent=1, default=str))
 
 
 def run_stages(

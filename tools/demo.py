@@ -19,6 +19,7 @@ import json
 import sys
 from pathlib import Path
 
+from tfllm.io import atomic_write
 from tfllm.workflow import run_stages
 from tools import demo_stages
 
@@ -47,7 +48,7 @@ def main(argv=None) -> dict:
     force = True if args.force == "all" else [s for s in args.force.split(",") if s]
     summaries = run_stages(stages, root, force=force)
     print(summary_table(summaries, root))
-    (root / "summary.json").write_text(json.dumps(summaries, indent=1, default=str))
+    atomic_write(root / "summary.json", json.dumps(summaries, indent=1, default=str))
     return summaries
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from export.serve import ModelConfig, ModelServer
 from tfllm import assets
+from tfllm.io import atomic_write
 from tfllm.workflow import Stage
 from tools import evaluate, export, prepare_data, train, train_tokenizer, tune
 
@@ -49,8 +50,7 @@ def peoples_daily_text(folder: Path) -> Path:
                 article = words[0].rsplit("-", 1)[0]
                 text = "".join(w.rsplit("/", 1)[0].lstrip("[") for w in words[1:])
                 articles.setdefault(article, []).append(text)
-        folder.mkdir(parents=True, exist_ok=True)
-        path.write_text("\n\n".join("\n".join(a) for a in articles.values()) + "\n", "utf-8")
+        atomic_write(path, "\n\n".join("\n".join(a) for a in articles.values()) + "\n")
     return path
 
 
@@ -129,7 +129,7 @@ def build(root: Path, size: str = "small", language: str = "en") -> list[Stage]:
 def _tune(path: Path) -> dict:
     config = json.loads(path.read_text())
     base = path.parent / "tune_base.json"
-    base.write_text(json.dumps(config["base"], indent=1))
+    atomic_write(base, json.dumps(config["base"], indent=1))
     return tune.main(config["argv"])
 
 
@@ -157,8 +157,7 @@ def _serve(path: Path) -> dict:
     finally:
         server.stop()
     out = path.parent.parent / "serve" / "responses.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"url": url, **answers}, indent=1, ensure_ascii=False))
+    atomic_write(out, json.dumps({"url": url, **answers}, indent=1, ensure_ascii=False))
     return {"url": url, **answers}
 
 

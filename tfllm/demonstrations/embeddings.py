@@ -18,8 +18,6 @@ Example:
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -27,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfllm import assets
+from tfllm.io import atomic_path
 from tfllm.preprocessing import BertPreprocessor
 
 
@@ -158,15 +157,8 @@ def embed_pool(encoder, texts: list[str], cache: bool = True, cache_dir=None) ->
     if path.is_file():
         return np.load(path)
     embeddings = encode(encoder, texts)
-    folder.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=folder, suffix=".npy.tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as f:
-            np.save(f, embeddings)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temp:
+        np.save(temp, embeddings)
     return embeddings
 
 

@@ -13,8 +13,6 @@ Example:
 """
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from tfllm.demonstrations.selectors import (
     RandomSelector,
     VoteKSelector,
 )
+from tfllm.io import atomic_write
 
 
 def minilm_encoder(sequence_length: int = 128) -> SentenceEncoder:
@@ -127,21 +126,8 @@ def evaluate_demonstrations(
         "selectors": selectors,
     }
     if output_dir is not None:
-        _write_json(Path(output_dir) / "demos.json", report)
+        atomic_write(Path(output_dir) / "demos.json", json.dumps(report, indent=1))
     return report
-
-
-def _write_json(path: Path, report: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
-    try:
-        with os.fdopen(descriptor, "w") as f:
-            json.dump(report, f, indent=1)
-        os.chmod(temporary, 0o644)  # mkstemp makes 0600
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def report_markdown(report: dict, command: str) -> str:

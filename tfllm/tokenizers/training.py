@@ -5,13 +5,13 @@ iterable of strings, and returns the matching in-graph tokenizer. With `output_d
 vocabulary files are also written there, atomically (all or nothing).
 """
 
+import contextlib
 import io
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from tfllm.io import atomic_path
 from tfllm.tokenizers.byte_pair import BytePairTokenizer
 from tfllm.tokenizers.sentencepiece import SentencePieceTokenizer
 from tfllm.tokenizers.wordpiece import WordPieceTokenizer
@@ -43,22 +43,10 @@ def _check_size(vocabulary_size):
 
 def write_atomically(output_dir, files: dict[str, bytes]) -> None:
     """Writes `{name: content}` into `output_dir`; nothing is left half-written."""
-    folder = Path(output_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    staged = []
-    try:
+    # Every file is staged before the first rename; a failure removes all the temporaries.
+    with contextlib.ExitStack() as stack:
         for name, content in files.items():
-            handle, temp = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
-            with os.fdopen(handle, "wb") as f:
-                f.write(content)
-            os.chmod(temp, 0o644)  # mkstemp makes 0600; servers of other users read these
-            staged.append((temp, folder / name))
-        for temp, final in staged:
-            os.replace(temp, final)
-    finally:
-        for temp, _ in staged:
-            if os.path.exists(temp):
-                os.remove(temp)
+            stack.enter_context(atomic_path(Path(output_dir) / name)).write_bytes(content)
 
 
 def _train_hf(tokenizer, source, trainer):

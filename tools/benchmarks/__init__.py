@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 from tfllm.benchmarking import interleaved_times, replace_section
+from tfllm.io import atomic_write
 
 BENCHMARKS_FILE = Path(__file__).resolve().parents[2] / "BENCHMARKS.md"
 
@@ -35,9 +36,7 @@ def machine() -> str:
 def write_section(heading: str, body: str) -> None:
     """Replaces (or appends) the `heading` section of BENCHMARKS.md, atomically."""
     text = BENCHMARKS_FILE.read_text() if BENCHMARKS_FILE.exists() else "# tfllm benchmarks\n"
-    temporary = BENCHMARKS_FILE.with_suffix(".md.tmp")
-    temporary.write_text(replace_section(text, heading, body))
-    temporary.replace(BENCHMARKS_FILE)  # never a half-written file
+    atomic_write(BENCHMARKS_FILE, replace_section(text, heading, body))
     print(f"updated {BENCHMARKS_FILE}")
 
 
