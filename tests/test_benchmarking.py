@@ -4,22 +4,39 @@ import numpy as np
 import pytest
 
 from tfllm import benchmarking as bench
+from tfllm.models import BertBackbone, GPTBackbone
 
 
-def test_flops_per_token_matches_hand_count():
-    # GPT bench size: per block 4 d^2 + 2 d ff matmul weights, plus the V x d head.
-    d, ff, layers, vocab, length = 256, 1024, 4, 8192, 128
+def test_flops_per_token_of_gpt2_layout_matches_hand_count():
+    # Per block: fused q/k/v 3 d^2, output d^2, feed-forward 2 d ff; plus the V x d head.
+    d, ff, layers, vocab, length = 64, 256, 2, 1024, 16
     weights = layers * (4 * d * d + 2 * d * ff) + vocab * d
     expected = 6 * weights + 12 * layers * length * d
-    assert bench.flops_per_token(layers, d, ff, vocab, length) == expected
-    assert bench.task_flops_per_token("gpt", length) == expected
+    assert bench.flops_per_token(GPTBackbone.from_preset("gpt_tiny"), length) == expected
+    d, ff, layers, vocab, length = 256, 1024, 4, 8192, 128  # BENCHMARKS.md's size
+    bench_expected = 6 * (layers * (4 * d * d + 2 * d * ff) + vocab * d) + 12 * layers * length * d
+    assert bench.task_flops_per_token("gpt", length) == bench_expected
+
+
+def test_flops_per_token_counts_grouped_query_attention_and_swiglu():
+    # llama_tiny: 4 query heads of 16, 2 key/value heads, SwiGLU (gate, up, down), untied head.
+    d, heads, kv_heads, head_size, ff, layers, vocab, length = 64, 4, 2, 16, 176, 2, 1024, 16
+    attention = d * heads * head_size + 2 * d * kv_heads * head_size + heads * head_size * d
+    weights = layers * (attention + 3 * d * ff) + vocab * d
+    expected = 6 * weights + 12 * layers * length * heads * head_size
+    assert bench.flops_per_token(GPTBackbone.from_preset("llama_tiny"), length) == expected
 
 
 def test_masked_lm_flops_count_the_head_at_masked_positions_only():
-    full = bench.flops_per_token(4, 256, 1024, 8192, 128)
-    masked = bench.task_flops_per_token("bert", 128)
-    head = 6 * (8192 * 256 + 256 * 256) * 20 / 128
-    assert masked == pytest.approx(full - 6 * 8192 * 256 + head)
+    d, ff, layers, vocab, length, predicted = 64, 128, 2, 1024, 16, 3
+    body = 6 * layers * (4 * d * d + 2 * d * ff) + 12 * layers * length * d
+    head = 6 * (vocab * d + d * d) * predicted / length  # transform and tied projection
+    backbone = BertBackbone.from_preset("bert_tiny")
+    assert bench.flops_per_token(backbone, length, predicted) == pytest.approx(body + head)
+    with pytest.raises(ValueError, match="sequence_length"):
+        bench.flops_per_token(backbone, 0)
+    with pytest.raises(TypeError, match="backbone"):
+        bench.flops_per_token("bert_tiny", length)
 
 
 @pytest.mark.parametrize("task", ["gpt", "bert"])

@@ -6,6 +6,7 @@ from pathlib import Path
 import keras
 import pytest
 
+from tfllm import benchmarking
 from tfllm.config import RunConfig
 from tfllm.pretraining import pretrain
 from tools import train
@@ -90,9 +91,12 @@ def test_a_failed_run_keeps_the_previous_model_and_dtype_policy(tmp_path, corpus
         raise OSError("disk full")
 
     monkeypatch.setattr(keras.Model, "save", save_fails_halfway)
+    peak_dtypes = []  # a bfloat16 run's MFU divides by the bfloat16 matmul peak
+    monkeypatch.setattr(benchmarking, "peak_flops", lambda dtype: peak_dtypes.append(dtype) or 1e12)
     keras.config.set_dtype_policy("mixed_float16")
     with pytest.raises(OSError, match="disk full"):
         pretrain(config, verbose=False)
     assert keras.config.dtype_policy().name == "mixed_float16"
     assert (tmp_path / "r" / "model.keras").read_bytes() == b"previous"
     assert not list((tmp_path / "r").glob(".model*"))
+    assert peak_dtypes == ["bfloat16"]

@@ -29,40 +29,65 @@ def masked_count(sequence_length):
     return -(-15 * sequence_length // 100)
 
 
-def flops_per_token(
-    num_layers, hidden_dim, intermediate_dim, vocabulary_size, sequence_length, head_fraction=1.0
-):
-    """Training FLOPs per token (forward + backward), as nanoGPT's `estimate_mfu` counts.
+def flops_per_token(backbone, sequence_length, predicted_positions=None):
+    """Training FLOPs per token (forward + backward), as nanoGPT's `estimate_mfu` counts,
+    with the matrix sizes read off the backbone's built kernels.
 
-    `6 * matmul parameters` (per block: fused q/k/v `3 d^2`, output `d^2`, feed-forward
-    `2 d ff`; plus the `V x d` output projection once) plus attention `12 * L * T * d`.
-    Embedding lookups, norms and biases are left out.
+    `6 * matmul weights`: every kernel (weight of rank >= 2) in `backbone.transformer_layers`,
+    so grouped-query attention's narrower key/value projections and SwiGLU's third matrix
+    count as built, plus the `V x d` output projection; plus attention scores and values,
+    `12 * T * (heads * head size)` per block. Embedding lookups, norms and biases are left
+    out, and so is the masked LM's saving of computing the last block at `P` rows only.
 
     Args:
-        head_fraction: share of tokens that reach the output head; masked LM predicts
-            only `P` of `T` positions (and adds a `d x d` transform), so `P / T` there.
+        backbone: a built `GPTBackbone` or `BertBackbone`.
+        sequence_length: tokens per sequence `T`.
+        predicted_positions: `None` when every position reaches the output projection
+            (causal LM); a masked LM's `P`: `P` rows per sequence go through its `d x d`
+            transform and the output projection.
 
     Example:
-    >>> round(flops_per_token(4, 256, 1024, 8192, 128) / 1e6, 1)
+    >>> from tfllm.models import GPTBackbone
+    >>> round(flops_per_token(GPTBackbone.from_preset("gpt_bench"), 128) / 1e6, 1)
     33.0
     """
-    d, ff = hidden_dim, intermediate_dim
-    body = num_layers * (4 * d * d + 2 * d * ff)
-    head = vocabulary_size * d + (d * d if head_fraction < 1.0 else 0)
-    return 6 * (body + head * head_fraction) + 12 * num_layers * sequence_length * d
+    if not hasattr(backbone, "transformer_layers"):
+        raise TypeError(f"`backbone` must be a tfllm backbone. Received: {type(backbone).__name__}")
+    if not isinstance(sequence_length, int) or sequence_length < 1:
+        raise ValueError(f"`sequence_length` must be a positive int. Received: {sequence_length!r}")
+    body = attention = 0
+    for block in backbone.transformer_layers:
+        body += sum(np.prod(w.shape) for w in block.weights if len(w.shape) >= 2)
+        attention += 12 * sequence_length * block.attention.output_dense.kernel.shape[0]
+    vocabulary_size, d = backbone.token_embedding.embeddings.shape
+    if predicted_positions is None:
+        head = vocabulary_size * d
+    else:
+        head = (vocabulary_size * d + d * d) * predicted_positions / sequence_length
+    return float(6 * (body + head) + attention)
 
 
 def task_flops_per_token(task, sequence_length=128):
     """`flops_per_token` of the `BENCH` size for "gpt" (all positions predicted) or
     "bert" (masked LM: `masked_count` positions reach the head)."""
-    fraction = masked_count(sequence_length) / sequence_length if task == "bert" else 1.0
-    sizes = {k: BENCH[k] for k in ("num_layers", "hidden_dim", "intermediate_dim")}
-    return flops_per_token(
-        **sizes,
-        vocabulary_size=BENCH["vocabulary_size"],
-        sequence_length=sequence_length,
-        head_fraction=fraction,
-    )
+    from tfllm.models import BertBackbone, GPTBackbone
+
+    if task not in ("gpt", "bert"):
+        raise ValueError(f"`task` must be 'gpt' or 'bert'. Received: {task!r}")
+    if task == "gpt":
+        return flops_per_token(GPTBackbone.from_preset("gpt_bench"), sequence_length)
+    backbone = BertBackbone.from_preset("bert_bench")
+    return flops_per_token(backbone, sequence_length, masked_count(sequence_length))
+
+
+def peak_flops(dtype="float32", size=2048):
+    """The machine's measured matmul rate in FLOP/s for `dtype` (a run's compute dtype).
+
+    Example:
+    >>> peak_flops("bfloat16", size=256) > 0
+    True
+    """
+    return 2 * size**3 / matmul_timer(dtype, size=size)()
 
 
 def matmul_timer(dtype="float32", size=4096, repeats=3):

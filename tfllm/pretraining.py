@@ -129,16 +129,12 @@ def _pretrain(config: RunConfig, files: list, validation_files: list, verbose: b
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         model = build_model(config, tokenizer.vocabulary_size())
-    backbone = model.backbone
     tokens_per_batch = config.batch_size * config.sequence_length
-    flops = benchmarking.flops_per_token(
-        backbone.num_layers,
-        backbone.hidden_dim,
-        backbone.intermediate_dim,
-        backbone.vocabulary_size,
-        config.sequence_length,
-    )
-    peak = 2 * 2048**3 / benchmarking.matmul_timer("float32", size=2048)()
+    # A masked LM's head runs at its `max_predictions_per_seq` positions only.
+    predicted = getattr(preprocessor, "max_predictions_per_seq", None)
+    flops = benchmarking.flops_per_token(model.backbone, config.sequence_length, predicted)
+    # MFU against the peak of the run's compute dtype (bfloat16 peaks well above float32).
+    peak = benchmarking.peak_flops(keras.config.dtype_policy().compute_dtype)
     trainer = Trainer(
         model,
         strategy,
