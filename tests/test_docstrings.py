@@ -18,9 +18,14 @@ from tfllm.models import (
 )
 
 MODULES = [
+    "tfllm.models.backbone",
     "tfllm.models.bert",
+    "tfllm.models.causal_lm",
     "tfllm.models.gpt",
+    "tfllm.models.preset_io",
+    "tfllm.models.task",
     "tfllm.models.tasks",
+    "tfllm.tokenizers.files",
 ]
 GLOBALS = dict(
     tfllm=tfllm,

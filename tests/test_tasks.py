@@ -192,6 +192,7 @@ def test_save_and_load_keep_the_preprocessor_and_the_sampler(tokenizer, tmp_path
     )
     lm = CausalLM(gpt(), preprocessor=CausalLMPreprocessor(tokenizer, LENGTH))
     lm.compile(sampler=TopKSampler(k=3))
+    lm.fit(TEXTS, verbose=0)
     lm.save(tmp_path / "lm.keras")
     loaded = keras.saving.load_model(tmp_path / "lm.keras")
     assert isinstance(loaded.sampler, TopKSampler) and loaded.sampler.k == 3
@@ -297,3 +298,92 @@ def test_errors(tokenizer):
         CausalLM(gpt(), preprocessor=CausalLMPreprocessor(tokenizer, 16)).generate(
             "the", max_length=40
         )
+
+
+# --- from_preset / save_to_preset ---------------------------------------------------------
+
+
+def test_task_preset_round_trip_and_a_new_head(tokenizer, tmp_path):
+    classifier = TextClassifier(
+        bert(), 2, dropout=0.0, preprocessor=BertPreprocessor(tokenizer, LENGTH)
+    )
+    classifier.save_to_preset(tmp_path / "sentiment")
+    loaded = TextClassifier.from_preset(tmp_path / "sentiment")
+    assert isinstance(loaded.preprocessor, BertPreprocessor)
+    np.testing.assert_array_equal(
+        loaded.predict(TEXTS, verbose=0), classifier.predict(TEXTS, verbose=0)
+    )
+    # Head arguments: the same backbone and preprocessor settings, a new head.
+    three = TextClassifier.from_preset(tmp_path / "sentiment", num_classes=3, sequence_length=8)
+    assert three.num_classes == 3 and three.preprocessor.sequence_length == 8
+    for a, b in zip(three.backbone.get_weights(), classifier.backbone.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    tagger = TokenClassifier.from_preset(tmp_path / "sentiment", label_names=TAG_NAMES)
+    assert tagger.num_labels == 3 and tagger.preprocessor.label_names == TAG_NAMES
+    assert tagger.fit(WORDS, TAGS, verbose=0).history["loss"]
+
+
+def test_masked_lm_from_preset_takes_or_creates_the_head(tmp_path, caplog):
+    from tests.test_presets import hf_bert_with_heads, mlm_inputs
+
+    with_head = hf_bert_with_heads(tmp_path / "with", nsp=False)
+    from tfllm.models.preset_io import read_preset
+
+    converted = read_preset(with_head).task  # the checkpoint's MaskedLM
+    model = MaskedLM.from_preset(with_head, sequence_length=10)
+    x = mlm_inputs()
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(model(x)), keras.ops.convert_to_numpy(converted(x)), atol=1e-6
+    )
+    pretrainer = BertPretrainer.from_preset(with_head)  # MLM head taken, NSP head created
+    np.testing.assert_array_equal(
+        pretrainer.mlm_head.get_weights()[-1], converted.mlm_head.get_weights()[-1]
+    )
+    assert "no nsp_head weights" in caplog.text
+    caplog.clear()
+    bare = tmp_path / "bare"
+    TextClassifier(bert(), 2).backbone.save_to_preset(bare)
+    assert MaskedLM.from_preset(bare).preprocessor is None  # a backbone alone: no tokenizer
+    assert "no mlm_head weights" in caplog.text
+
+
+def test_causal_lm_from_a_gpt2_folder_generates_text(tmp_path):
+    import json
+
+    import keras_hub
+
+    from tests.test_convert import hf_gpt2_folder, randomize
+    from tfllm import assets
+
+    vocab = assets.gpt2_vocabulary_path()
+    source = keras_hub.models.GPT2Backbone(
+        vocabulary_size=50257, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=64,
+        max_sequence_length=64,
+    )  # fmt: skip
+    folder = hf_gpt2_folder(tmp_path / "gpt2", randomize(source))
+    (folder / "vocab.json").write_text((vocab / "gpt2_vocab.json").read_text())
+    (folder / "merges.txt").write_text((vocab / "gpt2_merges.txt").read_text())
+    lm = CausalLM.from_preset(folder)
+    assert (
+        lm.preprocessor.eos_token_id
+        == json.loads((folder / "vocab.json").read_text())["<|endoftext|>"]
+    )
+    text = lm.generate("To be, or not to be", max_length=16)
+    assert text.startswith("To be, or not to be")
+    tokenizer = lm.preprocessor.tokenizer
+    ids = [[lm.preprocessor.bos_token_id, *tokenizer.tokenize("To be, or not to be").numpy()]]
+    new = generate(lm, ids, 16 - len(ids[0]), tokenizer=tokenizer)
+    keep = [t for t in new[0] if t != lm.preprocessor.eos_token_id]
+    expected = "To be, or not to be" + tokenizer.detokenize(tf.constant(keep)).numpy().decode()
+    assert text == expected
+
+
+def test_from_preset_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"one of \['bert_base_random', 'bert_bench'"):
+        TextClassifier.from_preset("bert_base_en", num_classes=2)
+    GPTBackbone.from_preset("gpt_tiny").save_to_preset(tmp_path / "gpt")
+    with pytest.raises(ValueError, match="holds a GPTBackbone, not a BertBackbone"):
+        TextClassifier.from_preset(tmp_path / "gpt", num_classes=2)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="Found: \\[\\]"):
+        CausalLM.from_preset(tmp_path / "empty")

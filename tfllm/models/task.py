@@ -9,120 +9,31 @@ A task compiles itself with defaults when built (`compile()` with no arguments: 
 the task's loss and accuracy), so `fit` works right away; `compile(...)` again to change.
 """
 
+import logging
+import os
+
 import keras
-import numpy as np
 import tensorflow as tf
 
 from tfllm.losses import SparseCategoricalCrossentropy
+from tfllm.models.preset_io import read_preset, save_preset
+from tfllm.models.presets import PRESETS
+from tfllm.models.task_inputs import holds_strings, split, to_dataset
 from tfllm.preprocessing import Preprocessor
 from tfllm.training import AdamW
 
-
-def _is_string_spec(spec) -> bool:
-    return getattr(spec, "dtype", None) == tf.string
-
-
-def _holds_strings(data) -> bool:
-    """Whether any leaf of `data` (lists, arrays, tensors, a dataset's spec) is text."""
-    if isinstance(data, tf.data.Dataset):
-        return any(_is_string_spec(s) for s in tf.nest.flatten(data.element_spec))
-    if isinstance(data, (str, bytes)):
-        return True
-    if isinstance(data, (tf.Tensor, tf.RaggedTensor)):
-        return data.dtype == tf.string
-    if isinstance(data, np.ndarray):
-        return data.dtype.kind in "USO"
-    if isinstance(data, dict):
-        return any(_holds_strings(v) for v in data.values())
-    if isinstance(data, list):  # homogeneous: the first entry tells
-        return bool(data) and _holds_strings(data[0])
-    if isinstance(data, tuple):  # pairs of texts, (x, y) structures
-        return any(_holds_strings(v) for v in data)
-    return False
+logger = logging.getLogger(__name__)
+# A preprocessor built by `from_preset` packs this many tokens unless told otherwise (or
+# fewer, when the backbone's context is shorter).
+DEFAULT_SEQUENCE_LENGTH = 128
 
 
-def _to_tensor(value, argument: str):
-    """A list of strings or ints -> tensor; a list of lists (words, tags) -> ragged."""
-    if value is None or isinstance(value, (tf.Tensor, tf.RaggedTensor)):
-        return value
-    if isinstance(value, (str, bytes)):
-        raise ValueError(
-            f"`{argument}` must be a batch (a list or array), not a single string. "
-            f"Received: {value!r:.80}"
+def check_backbone(task: str, backbone, expected) -> None:
+    if not isinstance(backbone, expected):
+        raise TypeError(
+            f"`backbone` of a {task} must be a tfllm {expected.__name__}. "
+            f"Received: {type(backbone).__name__}"
         )
-    if isinstance(value, list) and value and isinstance(value[0], (list, tuple, np.ndarray)):
-        return tf.ragged.constant([list(row) for row in value])
-    try:
-        return tf.convert_to_tensor(np.asarray(value) if isinstance(value, list) else value)
-    except (ValueError, TypeError) as error:
-        raise ValueError(f"`{argument}` cannot be made a tensor: {error}") from None
-
-
-def _convert(value, argument: str):
-    if isinstance(value, tuple):
-        return tuple(_convert(v, f"{argument}[{i}]") for i, v in enumerate(value))
-    if isinstance(value, dict):
-        return {k: _convert(v, f"{argument}[{k!r}]") for k, v in value.items()}
-    return _to_tensor(value, argument)
-
-
-def _count(data) -> int:
-    first = tf.nest.flatten(data, expand_composites=False)[0]
-    return int(first.shape[0]) if first.shape[0] is not None else int(first.nrows())
-
-
-def to_dataset(x, y=None, sample_weight=None, batch_size=None, shuffle=False) -> tf.data.Dataset:
-    """In-memory `x`, `y`, `sample_weight` -> a batched dataset of `(x, y, sample_weight)`.
-
-    A `tf.data.Dataset` is returned as it is (it must be batched and hold `y` itself).
-    Lists of lists (words, tags) become ragged rows; batches are `ragged_batch`ed.
-    """
-    if isinstance(x, tf.data.Dataset):
-        for name, value in (("y", y), ("sample_weight", sample_weight), ("batch_size", batch_size)):
-            if value is not None:
-                raise ValueError(
-                    f"When `x` is a tf.data.Dataset, it holds the labels and batches itself: "
-                    f"leave `{name}` unset. Received: {name}={value!r:.80}"
-                )
-        return x
-    if x is None:
-        raise ValueError("`x` must be given. Received: x=None")
-    parts = {"x": _convert(x, "x"), "y": _convert(y, "y")}
-    parts["sample_weight"] = _convert(sample_weight, "sample_weight")
-    counts = {name: _count(value) for name, value in parts.items() if value is not None}
-    for name, value in parts.items():
-        if value is not None:
-            leaf_counts = {_count(leaf) for leaf in tf.nest.flatten(value)}
-            if len(leaf_counts) > 1:
-                raise ValueError(f"The parts of `{name}` differ in length: {sorted(leaf_counts)}")
-    if len(set(counts.values())) > 1:
-        raise ValueError(
-            "`x`, `y` and `sample_weight` must hold one entry per example. Received: "
-            + ", ".join(f"{count} in `{name}`" for name, count in counts.items())
-        )
-    data = keras.utils.pack_x_y_sample_weight(parts["x"], parts["y"], parts["sample_weight"])
-    dataset = tf.data.Dataset.from_tensor_slices(data)
-    if shuffle:
-        dataset = dataset.shuffle(counts["x"], reshuffle_each_iteration=True)
-    if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
-        raise ValueError(f"`batch_size` must be a positive int. Received: {batch_size!r}")
-    ragged = any(isinstance(t, tf.RaggedTensor) for t in tf.nest.flatten(data))
-    batch = dataset.ragged_batch if ragged else dataset.batch
-    return batch(batch_size or 32)
-
-
-def _split(data, fraction: float):
-    """`(first, last)` of in-memory `data`, the last `fraction` held out (Keras' order)."""
-    if data is None:
-        return None, None
-    if isinstance(data, tuple):
-        pairs = [_split(d, fraction) for d in data]
-        return tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
-    if isinstance(data, dict):
-        pairs = {k: _split(v, fraction) for k, v in data.items()}
-        return {k: p[0] for k, p in pairs.items()}, {k: p[1] for k, p in pairs.items()}
-    keep = int(len(data) * (1 - fraction))
-    return data[:keep], data[keep:]
 
 
 class Task(keras.Model):
@@ -205,6 +116,94 @@ class Task(keras.Model):
             config["preprocessor"] = keras.layers.deserialize(config["preprocessor"])
         return cls(**config)
 
+    # --- Presets ------------------------------------------------------------------------------
+
+    @classmethod
+    def from_preset(cls, preset, sequence_length: int | None = None, **kwargs):
+        """This task on a `PRESETS` size (random weights) or a local preset folder.
+
+        A folder (Hugging Face, keras-hub, tfllm preset or run; see
+        `tfllm.models.preset_io`) gives the backbone's weights and a preprocessor around
+        its tokenizer. A task of this class saved in the folder is returned whole (head
+        weights included) unless head arguments are given; a Hugging Face BERT's
+        masked-LM head is carried over to `MaskedLM` / `BertPretrainer`, and a new one is
+        created (and logged) when the checkpoint has none.
+
+        Args:
+            preset: a `PRESETS` name or a folder.
+            sequence_length: of the preprocessor built here (default: the saved
+                preprocessor's, else `min(128, max_sequence_length)`).
+            **kwargs: the task's own constructor arguments (`num_classes`, `dropout`,
+                `preprocessor`, ...); other keys are backbone arguments that keep the
+                weights' shapes (`dtype`, and for a size name any of them).
+
+        Example:
+        >>> classifier = TextClassifier.from_preset("bert_tiny", num_classes=3)  # no tokenizer
+        >>> classifier.save_to_preset("my_classifier")
+        >>> TextClassifier.from_preset("my_classifier").num_classes  # head weights too
+        3
+        >>> minilm = tfllm.assets.minilm_path()  # doctest: +SKIP
+        >>> TextClassifier.from_preset(minilm, num_classes=2).fit(texts, labels)  # doctest: +SKIP
+        """
+        if cls.backbone_cls is None:
+            raise TypeError("Call `from_preset` on a task class, e.g. `TextClassifier`.")
+        if not isinstance(preset, (str, os.PathLike)):
+            raise TypeError(f"`preset` must be a name or a folder path. Received: {preset!r}")
+        own = set(cls.config_keys) | {"name", "preprocessor"} | cls.preset_task_arguments
+        task_kwargs = {key: kwargs.pop(key) for key in list(kwargs) if key in own}
+        if isinstance(preset, str) and preset in PRESETS:
+            backbone = cls.backbone_cls.from_preset(preset, **kwargs)
+            for key in cls.preset_task_arguments:  # no tokenizer: no preprocessor
+                task_kwargs.pop(key, None)
+            return cls(backbone, **task_kwargs)
+        if not os.path.exists(os.path.expanduser(preset)):
+            names = sorted(k for k, v in PRESETS.items() if v["backbone"] == cls.family())
+            raise ValueError(
+                f"`preset` must be one of {names} for {cls.__name__} or a preset folder. "
+                f"Received: {str(preset)!r}"
+            )
+        parts = read_preset(preset, backbone_cls=cls.backbone_cls, **kwargs)
+        saved = parts.task
+        reuse = isinstance(saved, cls) and not task_kwargs and sequence_length is None
+        preprocessor = task_kwargs.pop("preprocessor", None)
+        if preprocessor is None and parts.tokenizer is not None:
+            saved_preprocessor = getattr(saved, "preprocessor", None)
+            length = sequence_length or getattr(saved_preprocessor, "sequence_length", None)
+            length = length or min(DEFAULT_SEQUENCE_LENGTH, parts.backbone.max_sequence_length)
+            preprocessor = cls.preset_preprocessor(parts.tokenizer, length, task_kwargs)
+        for key in cls.preset_task_arguments:  # preprocessor arguments, used or not
+            task_kwargs.pop(key, None)
+        if reuse:
+            if saved.preprocessor is None:
+                saved.preprocessor = preprocessor
+            return saved
+        task = cls(parts.backbone, preprocessor=preprocessor, **task_kwargs)
+        task.adopt_heads(saved, preset)
+        return task
+
+    # `from_preset` arguments that go to `preset_preprocessor`, not to the constructor.
+    preset_task_arguments: frozenset = frozenset()
+
+    @classmethod
+    def family(cls) -> str:
+        return cls.backbone_cls.preset_family
+
+    @classmethod
+    def preset_preprocessor(cls, tokenizer, sequence_length: int, task_kwargs: dict):
+        """The preprocessor `from_preset` attaches (it may read and set `task_kwargs`)."""
+        return cls.preprocessor_cls(tokenizer, sequence_length)
+
+    def adopt_heads(self, saved, preset) -> None:
+        """Copies pretrained head weights of the preset's task `saved` that fit this task."""
+
+    def save_to_preset(self, preset_dir) -> None:
+        """Writes this task (backbone, head, preprocessor and tokenizer) as a tfllm preset.
+
+        `Task.from_preset(preset_dir)` of the same class returns it whole; other tasks
+        take its backbone and tokenizer.
+        """
+        save_preset(self, preset_dir)
+
     # --- Compile defaults ---------------------------------------------------------------------
 
     def default_loss(self):
@@ -247,7 +246,7 @@ class Task(keras.Model):
         return self.preprocessor(x, y, sample_weight)
 
     def _refuse_strings(self, data, argument: str) -> None:
-        if _holds_strings(data):
+        if holds_strings(data):
             raise ValueError(
                 f"`{argument}` holds strings, but this {type(self).__name__} has no "
                 f"`preprocessor`: attach one (`{type(self).__name__}(backbone, ..., "
@@ -297,9 +296,9 @@ class Task(keras.Model):
                     f"Received: validation_split={validation_split!r}"
                 )
             (x, held_x), (y, held_y), (sample_weight, held_weight) = (
-                _split(x, validation_split),
-                _split(y, validation_split),
-                _split(sample_weight, validation_split),
+                split(x, validation_split),
+                split(y, validation_split),
+                split(sample_weight, validation_split),
             )
             validation_data = keras.utils.pack_x_y_sample_weight(held_x, held_y, held_weight)
         train = self._dataset(x, y, sample_weight, batch_size, shuffle=shuffle)

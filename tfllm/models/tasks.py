@@ -1,138 +1,40 @@
-"""Task models: one head on top of a backbone, and an optional preprocessor for raw text.
+"""BERT task models: one head on top of a `BertBackbone`, an optional preprocessor.
 
-Pretraining: `CausalLM`, `MaskedLM`, `BertPretrainer`. Fine-tuning: `TextClassifier`,
-`TokenClassifier`. See `tfllm.models.task.Task` for what every task shares (raw inputs
-in `fit` / `evaluate` / `predict`, default `compile()`, config).
+Pretraining: `MaskedLM`, `BertPretrainer`. Fine-tuning: `TextClassifier`,
+`TokenClassifier`. (`CausalLM` is in `tfllm.models.causal_lm`.) See `tfllm.models.task.Task`
+for what every task shares (raw inputs in `fit` / `evaluate` / `predict`, default
+`compile()`, presets, config).
 """
+
+import logging
 
 import keras
 from keras import ops
 
-from tfllm import generation
 from tfllm.layers import Dropout, MaskedLMHead
 from tfllm.models.bert import BertBackbone
-from tfllm.models.completion import complete
-from tfllm.models.gpt import GPTBackbone
-from tfllm.models.task import Task
+from tfllm.models.task import Task, check_backbone
 from tfllm.preprocessing import (
     BertPreprocessor,
-    CausalLMPreprocessor,
     MaskedLMPreprocessor,
     TokenClassificationPreprocessor,
 )
 
+logger = logging.getLogger(__name__)
 
-def _check_backbone(task: str, backbone, expected) -> None:
-    if not isinstance(backbone, expected):
-        raise TypeError(
-            f"`backbone` of a {task} must be a tfllm {expected.__name__}. "
-            f"Received: {type(backbone).__name__}"
+
+def _adopt_head(task, saved, name: str, preset) -> None:
+    """Copies the weights of `saved`'s head `name` into `task`'s, or logs a new head."""
+    head = getattr(saved, name, None)
+    if head is None:
+        logger.warning(
+            "%s: the preset %s has no %s weights; it starts from a new, randomly initialised head.",
+            type(task).__name__,
+            preset,
+            name,
         )
-
-
-@keras.saving.register_keras_serializable(package="tfllm")
-class CausalLM(Task):
-    """Next-token prediction: `GPTBackbone` + output projection (tied by default).
-
-    Args:
-        backbone: a `GPTBackbone`.
-        preprocessor: a `CausalLMPreprocessor`, or None. With one, `fit` / `evaluate` take
-            raw texts and `generate` takes and returns strings.
-
-    Inputs: the backbone's dict (`token_ids`, `padding_mask`, ...).
-    Output: `logits` `(B, T, vocabulary_size)`; position `t` predicts token `t + 1`.
-
-    Example:
-    >>> tokenizer = tfllm.tokenizers.WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a"])
-    >>> preprocessor = tfllm.preprocessing.CausalLMPreprocessor(tokenizer, sequence_length=16)
-    >>> backbone = GPTBackbone.from_preset("gpt_tiny", vocabulary_size=5)
-    >>> lm = CausalLM(backbone, preprocessor=preprocessor)
-    >>> history = lm.fit(["a a a", "a a"], epochs=1, verbose=0)
-    >>> lm.compile(sampler="greedy")
-    >>> len(lm.generate(["a a"], max_length=8)[0]) > 0
-    True
-    """
-
-    backbone_cls = GPTBackbone
-    preprocessor_cls = CausalLMPreprocessor
-    default_learning_rate = 2e-5
-
-    def __init__(self, backbone: GPTBackbone, preprocessor=None, **kwargs):
-        _check_backbone("CausalLM", backbone, GPTBackbone)
-        inputs = backbone.input
-        logits = backbone.token_embedding(backbone(inputs), reverse=True)
-        super().__init__(
-            inputs=inputs, outputs=logits, backbone=backbone, preprocessor=preprocessor, **kwargs
-        )
-
-    def compile(self, *args, sampler="greedy", **kwargs):
-        """`Task.compile`, plus the `sampler` of `generate` (a name, dict or `Sampler`)."""
-        super().compile(*args, **kwargs)
-        self.sampler = generation.get_sampler(sampler)
-
-    def get_compile_config(self):
-        config = super().get_compile_config()
-        if config is not None:  # the sampler is saved with the other compile arguments
-            config["sampler"] = {"name": self.sampler.name, **self.sampler.get_config()}
-        return config
-
-    def preprocess_samples(self, x, y=None, sample_weight=None):
-        x, y, sample_weight = self.preprocessor(x, y, sample_weight)
-        if self.backbone.packed_sequences:  # one document per row: its tokens are segment 1
-            x = dict(x, segment_ids=x["padding_mask"])
-        return x, y, sample_weight
-
-    def generate(
-        self,
-        inputs,
-        max_length: int | None = None,
-        stop_token_ids="auto",
-        strip_prompt: bool = False,
-        sampler=None,
-        seed: int | None = None,
-    ):
-        """Continues prompts, as keras-hub's `CausalLM.generate`.
-
-        Args:
-            inputs: a string or a list of strings (needs a preprocessor); a dict of
-                `token_ids` and `padding_mask` `(B, L)` (prompts right-padded; generation
-                fills each row up to `L`); or a `tf.data.Dataset` of either (batched).
-            max_length: total length, prompt included, for string inputs (default: the
-                preprocessor's `sequence_length`); token dicts use their width `L`.
-            stop_token_ids: `"auto"` (the preprocessor's end token; needs a preprocessor),
-                None (generate to `max_length`) or a sequence of ids.
-            strip_prompt: return the new tokens only.
-            sampler: overrides the sampler set by `compile(sampler=...)` for this call.
-            seed: int for reproducible sampling.
-
-        Returns:
-            A string or list of strings (prompt + continuation, special tokens removed)
-            for string inputs; for token dicts, a dict of `token_ids` `(B, L)` and boolean
-            `padding_mask` (`(B, N)` new tokens only with `strip_prompt`).
-        """
-        sampler = self.sampler if sampler is None else sampler
-        return complete(self, inputs, max_length, stop_token_ids, strip_prompt, sampler, seed)
-
-    def call_with_cache(
-        self,
-        token_ids,
-        cache,
-        cache_update_index,
-        padding_mask=None,
-        position_ids=None,
-        logit_positions=None,
-    ):
-        """`(logits (B, T, V), cache)` for `T` new tokens; see `GPTBackbone.call_with_cache`.
-
-        `logit_positions`: optional `(B,)` index into `T` per row; then only those logits
-        are computed, `(B, V)` (a prompt's prefill needs just its last position's).
-        """
-        x, cache = self.backbone.call_with_cache(
-            token_ids, cache, cache_update_index, padding_mask, position_ids
-        )
-        if logit_positions is not None:
-            x = ops.take_along_axis(x, ops.reshape(logit_positions, (-1, 1, 1)), axis=1)[:, 0]
-        return self.backbone.token_embedding(x, reverse=True), cache
+        return
+    getattr(task, name).set_weights(head.get_weights())
 
 
 @keras.saving.register_keras_serializable(package="tfllm")
@@ -166,7 +68,7 @@ class MaskedLM(Task):
     unused_layer_names = ("pooled_dense",)
 
     def __init__(self, backbone: BertBackbone, preprocessor=None, **kwargs):
-        _check_backbone("MaskedLM", backbone, BertBackbone)
+        check_backbone("MaskedLM", backbone, BertBackbone)
         inputs = dict(backbone.input)
         inputs["mask_positions"] = keras.Input(shape=(None,), dtype="int32", name="mask_positions")
         backbone_inputs = {key: inputs[key] for key in backbone.input}
@@ -188,6 +90,9 @@ class MaskedLM(Task):
             **kwargs,
         )
         self.mlm_head = head
+
+    def adopt_heads(self, saved, preset) -> None:
+        _adopt_head(self, saved, "mlm_head", preset)
 
 
 @keras.saving.register_keras_serializable(package="tfllm")
@@ -222,7 +127,7 @@ class BertPretrainer(Task):
     preprocessor_cls = MaskedLMPreprocessor
 
     def __init__(self, backbone: BertBackbone, preprocessor=None, **kwargs):
-        _check_backbone("BertPretrainer", backbone, BertBackbone)
+        check_backbone("BertPretrainer", backbone, BertBackbone)
         inputs = dict(backbone.input)
         inputs["mask_positions"] = keras.Input(shape=(None,), dtype="int32", name="mask_positions")
         # The last block runs at `[CLS]` (for the pooler) and the masked positions only.
@@ -249,6 +154,10 @@ class BertPretrainer(Task):
         )
         self.mlm_head = head
         self.nsp_head = nsp_head
+
+    def adopt_heads(self, saved, preset) -> None:
+        _adopt_head(self, saved, "mlm_head", preset)
+        _adopt_head(self, saved, "nsp_head", preset)
 
     def default_loss(self):
         loss = super().default_loss()
@@ -328,7 +237,7 @@ class TextClassifier(Task):
         preprocessor=None,
         **kwargs,
     ):
-        _check_backbone("TextClassifier", backbone, BertBackbone)
+        check_backbone("TextClassifier", backbone, BertBackbone)
         _check_classes("num_classes", num_classes)
         _check_dropout(dropout)
         if pooling not in ("cls", "mean"):
@@ -398,6 +307,16 @@ class TokenClassifier(Task):
     backbone_cls = BertBackbone
     preprocessor_cls = TokenClassificationPreprocessor
     unused_layer_names = ("pooled_dense",)
+    preset_task_arguments = frozenset({"label_names"})
+
+    @classmethod
+    def preset_preprocessor(cls, tokenizer, sequence_length: int, task_kwargs: dict):
+        """`from_preset(..., label_names=[...])` names the tags (default `"0"`, `"1"`, ...)."""
+        names = task_kwargs.get("label_names")
+        if names is None:
+            names = [str(i) for i in range(task_kwargs.get("num_labels", 0))]
+        task_kwargs.setdefault("num_labels", len(names))
+        return TokenClassificationPreprocessor(tokenizer, sequence_length, names)
 
     def __init__(
         self,
@@ -407,7 +326,7 @@ class TokenClassifier(Task):
         preprocessor=None,
         **kwargs,
     ):
-        _check_backbone("TokenClassifier", backbone, BertBackbone)
+        check_backbone("TokenClassifier", backbone, BertBackbone)
         _check_classes("num_labels", num_labels)
         _check_dropout(dropout)
         names = getattr(preprocessor, "label_names", None)
