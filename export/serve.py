@@ -11,7 +11,10 @@ The TensorFlow Serving binary is not on the package registries, so this serves t
 
 Each model serves its newest version plus pinned `versions`; a poll thread loads new
 version folders as they appear (and drops superseded ones), replaying each version's
-`assets.extra/tf_serving_warmup_requests` before serving it. With `enable_batching`,
+`assets.extra/tf_serving_warmup_requests` before serving it. A version that fails to load
+keeps its error in the model status (state `END`) while the previous version serves, and is
+loaded again at the first poll after its folder changes (files added, resized or touched:
+a copy that was still going on, a replaced export). With `enable_batching`,
 concurrent requests to one signature are merged into batches of up to `max_batch_size`
 rows, waiting at most `batch_timeout_micros` for more (TF Serving's `--enable_batching`).
 Every request is refused with a 4xx `{"error": ...}` when it is malformed or too large,
@@ -127,6 +130,20 @@ class _Version:
         return {name: value.numpy() for name, value in outputs.items()}
 
 
+def _folder_signature(path: str) -> tuple:
+    """`(relative path, size, mtime)` of every file under `path`, sorted."""
+    files = []
+    for root, _, names in os.walk(path):
+        for name in names:
+            file = os.path.join(root, name)
+            try:
+                stat = os.stat(file)
+            except FileNotFoundError:  # removed while we walk: the next poll sees it
+                continue
+            files.append((os.path.relpath(file, path), stat.st_size, stat.st_mtime_ns))
+    return tuple(sorted(files))
+
+
 class _Model:
     """The loaded versions of one `ModelConfig`; `refresh` follows its base path."""
 
@@ -134,6 +151,7 @@ class _Model:
         self.config = config
         self.versions: dict[int, _Version] = {}  # replaced whole, never mutated: thread safe
         self.errors: dict[int, str] = {}
+        self._failed: dict[int, tuple] = {}  # the folder signature each failed load saw
         self._lock = threading.Lock()
 
     def _on_disk(self) -> list[int]:
@@ -151,15 +169,25 @@ class _Model:
             on_disk, versions = self._on_disk(), dict(self.versions)
 
             def ready(number: int) -> bool:
-                if number not in versions and number not in self.errors:
-                    path = os.path.join(self.config.base_path, str(number))
-                    try:
-                        versions[number] = _Version.load(path, number)
-                        logger.info("loaded %s version %d", self.config.name, number)
-                    except Exception as error:  # a bad export must not stop the server
-                        self.errors[number] = f"{type(error).__name__}: {error}"
-                        logger.error("cannot load %s: %s", path, self.errors[number])
-                return number in versions
+                if number in versions:
+                    return True
+                path = os.path.join(self.config.base_path, str(number))
+                signature = _folder_signature(path)
+                # A failed version is tried again once its folder changes (a copy that was
+                # still going on, a replaced export); meanwhile its status shows the error.
+                if self._failed.get(number) == signature:
+                    return False
+                try:
+                    versions[number] = _Version.load(path, number)
+                except Exception as error:  # a bad export must not stop the server
+                    self.errors[number] = f"{type(error).__name__}: {error}"
+                    self._failed[number] = signature
+                    logger.error("cannot load %s: %s", path, self.errors[number])
+                    return False
+                logger.info("loaded %s version %d", self.config.name, number)
+                self.errors.pop(number, None)
+                self._failed.pop(number, None)
+                return True
 
             # The newest version that loads; an older one keeps serving if a newer one fails.
             newest = next((n for n in reversed(on_disk) if ready(n)), None)
@@ -167,6 +195,7 @@ class _Model:
             keep |= set() if newest is None else {newest}
             self.versions = {n: versions[n] for n in sorted(keep)}
             self.errors = {n: e for n, e in self.errors.items() if n in on_disk}
+            self._failed = {n: f for n, f in self._failed.items() if n in on_disk}
 
     def _number(self, version: str | None, label: str | None) -> int | None:
         """The version a URL names (`None`: the newest)."""

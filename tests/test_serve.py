@@ -23,6 +23,7 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
+from export import serve
 from export.saved_model import export_saved_model
 from export.serve import WARMUP_FILE, ModelConfig, ModelServer
 from tfllm.models import BertBackbone, TextClassifier
@@ -310,6 +311,52 @@ def test_new_versions_are_loaded_and_superseded_ones_dropped(tmp_path):
             expected_probabilities(SENTENCES[:1], 1.0)[0],
             atol=1e-6,
         )
+
+
+def test_a_failed_version_is_retried_when_its_folder_changes(tmp_path, monkeypatch):
+    base, staging = tmp_path / "toy", tmp_path / "staging"
+    base.mkdir()
+    staging.mkdir()
+    write_toy_model(str(base), 1, 1.0)
+    write_toy_model(str(staging), 2, 2.0)
+    # Version 2 half copied: its graph is there, its variables are not yet.
+    shutil.copytree(staging / "2", base / "2", ignore=shutil.ignore_patterns("variables"))
+    loads = []
+    load = serve._Version.load
+    monkeypatch.setattr(
+        serve._Version, "load", classmethod(lambda cls, p, n: loads.append(n) or load(p, n))
+    )
+    url = None
+
+    def states():
+        body = http(f"{url}/v1/models/toy")[1]
+        return {
+            s["version"]: (s["state"], s["status"]["error_message"])
+            for s in body["model_version_status"]
+        }
+
+    def scale_served():
+        body = http(
+            f"{url}/v1/models/toy:predict",
+            {"signature_name": "scale", "instances": [{"x": [1.0, 0.0], "k": 1}]},
+        )[1]
+        return body["predictions"][0][0]
+
+    with ModelServer([ModelConfig("toy", str(base))], poll_seconds=0.05) as server:
+        url = server.start()
+        state, error = states()["2"]
+        assert state == "END" and error  # the failure is reported ...
+        assert scale_served() == 1.0  # ... and version 1 keeps serving
+        time.sleep(0.5)  # ten polls of an unchanged folder: no new attempt
+        assert loads.count(2) == 1
+        os.rename(staging / "2" / "variables", base / "2" / "variables")  # the copy ends
+        deadline = time.monotonic() + 20
+        while http(f"{url}/healthz")[1]["models"]["toy"] != [2]:
+            assert time.monotonic() < deadline, "version 2 was not loaded again"
+            time.sleep(0.05)
+        assert states() == {"2": ("AVAILABLE", "")}
+        assert scale_served() == 2.0
+        assert loads.count(2) == 2
 
 
 def test_tools_serve_command(toy_base, tmp_path):
