@@ -197,8 +197,7 @@ def _write_report(_, before, after, reasons, problems, examples, folder):
         "problems": problems,
         "problem_examples": examples,
     }
-    write_report(report, folder)
-    logging.info("report: %s", os.path.join(folder, "report.html"))
+    logging.info("report: %s", write_report(report, folder))  # through Beam's FileSystems
 
 
 def _write_jsonl(pcoll, path: str, label: str):

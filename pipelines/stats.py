@@ -18,12 +18,13 @@ import html
 import io
 import json
 import os
-import tempfile
+import uuid
 import zlib
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
+from apache_beam.io.filesystem import BeamIOError, CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 
 from pipelines.dedup import exact_hash, shingle_hashes, word_hashes
 
@@ -102,11 +103,27 @@ def corpus_stats(records) -> dict:
     return stats.result()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=".tmp-") as f:
-        f.write(data)
-    os.chmod(f.name, 0o644)  # NamedTemporaryFile makes 0600; reports are for people to read
-    os.replace(f.name, path)
+def write_file(path: str, data: bytes) -> None:
+    """Writes `path` (local, `gs://`, `hdfs://`, ...) through Beam's `FileSystems`, whole:
+    under a temporary name in the same folder, then renamed over `path`.
+
+    Inside a pipeline this reaches the output's filesystem from any worker, where `open`
+    would write to that worker's own disk.
+    """
+    folder, name = FileSystems.split(path)
+    temp = FileSystems.join(folder, f".tmp-{uuid.uuid4().hex[:8]}-{name}")
+    try:
+        with FileSystems.create(temp, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            f.write(data)
+        try:
+            FileSystems.rename([temp], [path])
+        except BeamIOError:  # HDFS renames onto a free name only
+            FileSystems.delete([path])
+            FileSystems.rename([temp], [path])
+    except BaseException:
+        if FileSystems.exists(temp):
+            FileSystems.delete([temp])
+        raise
 
 
 def _figure(figsize) -> tuple:
@@ -126,7 +143,7 @@ def _png(figure) -> bytes:
     return buffer.getvalue()
 
 
-def _plots(report: dict, folder: Path) -> list[str]:
+def _plots(report: dict, folder: str) -> list[str]:
     names = []
     for key, title in (("before", "collected"), ("after", "kept")):
         hist = report[key]["length_histogram_log2"]
@@ -134,26 +151,26 @@ def _plots(report: dict, folder: Path) -> list[str]:
         ax.bar(range(len(hist)), hist)
         ax.set(xlabel="log2(tokens per document)", ylabel="documents", title=f"Lengths, {title}")
         names.append(f"lengths_{key}.png")
-        _atomic_write(folder / names[-1], _png(fig))
+        write_file(FileSystems.join(folder, names[-1]), _png(fig))
     drops = report["drop_reasons"]
     if drops:
         fig, ax = _figure((6, 0.3 * len(drops) + 1))
         ax.barh(list(drops), list(drops.values()))
         ax.set(xlabel="documents dropped", title="Drop reasons")
         names.append("drop_reasons.png")
-        _atomic_write(folder / names[-1], _png(fig))
+        write_file(FileSystems.join(folder, names[-1]), _png(fig))
     return names
 
 
-def write_report(report: dict, folder) -> Path:
-    """Writes `report.json`, PNG plots and `report.html` into `folder`; returns the HTML path.
+def write_report(report: dict, folder) -> str:
+    """Writes `report.json`, PNG plots and `report.html` into `folder` (a path or a URL
+    such as `gs://bucket/out/report`, through `write_file`); returns the HTML path.
 
     `report` has `before` and `after` (`CorpusStats.result()`), `drop_reasons` and
     `problems` counts, and any other keys (shown as JSON).
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    _atomic_write(folder / "report.json", json.dumps(report, indent=2).encode())
+    folder = os.fspath(folder)
+    write_file(FileSystems.join(folder, "report.json"), json.dumps(report, indent=2).encode())
     images = _plots(report, folder)
     keys = [k for k in report["before"] if k != "length_histogram_log2"]
 
@@ -174,5 +191,5 @@ def write_report(report: dict, folder) -> Path:
         + "".join(f"<p><img src='{name}'></p>" for name in images)
         + f"<h2>Details</h2><pre>{html.escape(json.dumps(other, indent=2))}</pre>"
     )
-    _atomic_write(folder / "report.html", page.encode())
-    return folder / "report.html"
+    write_file(FileSystems.join(folder, "report.html"), page.encode())
+    return FileSystems.join(folder, "report.html")

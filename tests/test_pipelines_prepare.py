@@ -2,17 +2,20 @@
 read back by pipelines.datasets, the report against independent counts, write_shards."""
 
 import json
+import os
+import posixpath
 import re
 import zlib
 
 import pytest
+from apache_beam.io.localfilesystem import LocalFileSystem
 
 from pipelines import dedup
 from pipelines.clean import clean_text
 from pipelines.datasets import read_documents
 from pipelines.prepare import PrepareConfig, run_prepare
 from pipelines.shard import split_of, write_shards
-from pipelines.stats import corpus_stats
+from pipelines.stats import corpus_stats, write_report
 from tfllm import assets
 
 pytestmark = pytest.mark.assets
@@ -121,6 +124,51 @@ def test_report_matches_independent_counts(prepared):
     html = (out / "report" / "report.html").read_text()
     assert "lengths_after.png" in html and (out / "report" / "lengths_after.png").stat().st_size
     assert not list(out.glob("beam-temp*"))
+
+
+class _TestFileSystem(LocalFileSystem):
+    """`tfllmtest://<local path>`: a scheme Beam's `FileSystems` serves and `open` cannot."""
+
+    PREFIX = "tfllmtest://"
+
+    @classmethod
+    def scheme(cls):
+        return "tfllmtest"
+
+    def _local(self, path):
+        return path.removeprefix(self.PREFIX)
+
+    def split(self, path):
+        return posixpath.split(path)
+
+    def create(self, path, *args, **kwargs):
+        return super().create(self._local(path), *args, **kwargs)
+
+    def rename(self, sources, destinations):
+        super().rename([self._local(p) for p in sources], [self._local(p) for p in destinations])
+
+    def delete(self, paths):
+        super().delete([self._local(p) for p in paths])
+
+    def exists(self, path):
+        return super().exists(self._local(path))
+
+
+def test_report_goes_through_beam_filesystems(tmp_path, monkeypatch):
+    # A cluster worker writes an output URL (gs://, hdfs://) through Beam's FileSystems;
+    # local `open`/`pathlib` would take the URL for a relative folder of its own disk.
+    monkeypatch.chdir(tmp_path)
+    stats = corpus_stats([{"text": "one two three"}, {"text": "four five"}])
+    report = {"before": stats, "after": stats, "drop_reasons": {"contaminated": 1}}
+    url = f"{_TestFileSystem.PREFIX}{tmp_path}/out/report"
+    for _ in range(2):  # the second run replaces the first one's files
+        assert write_report(report, url) == f"{url}/report.html"
+    names = ["drop_reasons.png", "lengths_after.png", "lengths_before.png"]
+    assert sorted(os.listdir(tmp_path / "out" / "report")) == sorted(
+        [*names, "report.html", "report.json"]
+    )
+    assert json.loads((tmp_path / "out" / "report" / "report.json").read_text()) == report
+    assert os.listdir(tmp_path) == ["out"]  # nothing landed in the working directory
 
 
 def test_write_shards_jsonl_and_atomic_failure(tmp_path, lee):
