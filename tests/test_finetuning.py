@@ -144,7 +144,10 @@ def test_mean_pooling_is_the_mean_over_real_tokens():
     longer = inputs_of(["good film", "a bad day of the red movie"], sequence_length=20)
     longer["token_ids"] = np.where(numpy(longer["padding_mask"]) == 1, longer["token_ids"], 7)
     np.testing.assert_allclose(numpy(model(longer)), numpy(model(x)), atol=1e-5, rtol=0)
-    assert not backbone.pooled_dense.trainable  # unused with mean pooling
+    # The pooler is unused with mean pooling: not trained, and the backbone is left as given.
+    assert backbone.pooled_dense.trainable
+    pooler = {id(w) for w in backbone.pooled_dense.weights}
+    assert not pooler & {id(w) for w in model.trainable_weights}
 
 
 def test_pairs_are_packed_into_one_row():
@@ -361,7 +364,7 @@ def test_labels_outside_num_classes_fail_before_training(files):
         (["--task=classification"], "exactly one of `dataset`"),
         (["--task=classification", "--dataset=wnut16", "--label_names=a,b"], "dataset"),
         (["--task=classification", "--train_files=x.jsonl"], "need `label_names`"),
-        (["--task=masked_lm", "--init_from=runs/x"], "fine-tuning settings"),
+        (["--task=masked_lm", "--pooling=mean"], "fine-tuning settings"),
         (["--task=classification", "--dataset=rotten_tomatoes", "--pooling=max"], "pooling"),
         (
             ["--task=classification", "--dataset=rotten_tomatoes", "--layerwise_lr_decay=0"],

@@ -35,7 +35,6 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
 FINETUNING_FIELDS = (
-    "init_from",
     "dataset",
     "test_files",
     "label_names",
@@ -61,10 +60,14 @@ class RunConfig:
     `beta_2`, `epsilon`, `clipnorm` (global norm; 0 = off), `gradient_accumulation_steps`.
     System: `strategy`, `precision`, `tf_data_service` (dispatcher address or ""), `seed`.
     Output: `output_dir`/`name` -> `runs/<name>/`, `checkpoint_every`, `log_every`.
+    Starting point: `init_from`, a run folder, a `.keras` file or a preset folder
+    (Hugging Face, keras-hub, tfllm; see `tfllm.models.preset_io`). Pretraining tasks then
+    continue from its weights (and its masked-LM head, when it has one) with its tokenizer
+    (`model` and `vocabulary_size` are not used); empty: a new `model` preset.
 
     Fine-tuning (`task` "classification" or "token_classification", see
-    `tfllm.finetuning`): `init_from` (a run folder, a `.keras` file or a Hugging Face
-    folder; empty: a random `model` preset with `tokenizer_path`'s vocabulary), `dataset`
+    `tfllm.finetuning`): `init_from` (empty: a random `model` preset with
+    `tokenizer_path`'s vocabulary), `dataset`
     (a `DATASETS` name) or `train_files` / `validation_files` / `test_files` (JSONL
     `{"text", ["text_pair",] "label"}` for classification, CoNLL `word<TAB>tag` lines for
     token classification) with their `label_names`, `max_train_examples` (0 = all),

@@ -32,6 +32,7 @@ from tfllm.io import atomic_path, atomic_write
 from tfllm.losses import SparseCategoricalCrossentropy
 from tfllm.metrics import EntityF1, PrecisionRecallF1
 from tfllm.models import PRESETS, BertBackbone, TextClassifier, TokenClassifier
+from tfllm.models.preset_io import read_preset
 from tfllm.plots import plot_history
 from tfllm.preprocessing import BertPreprocessor, TokenClassificationPreprocessor
 from tfllm.tokenizers import Tokenizer, WordPieceTokenizer, load_tokenizer, save_tokenizer
@@ -57,25 +58,16 @@ def load_starting_point(
     Returns:
         `(backbone, tokenizer)`; the tokenizer is `None` when none was found.
     """
-    path = Path(init_from).expanduser()
-    if not path.exists():
+    if not Path(init_from).expanduser().exists():
         raise ValueError(f"`init_from` {init_from!r} does not exist.")
-    tokenizer_dir = None
-    if path.is_dir() and (path / "model.keras").is_file():
-        path, tokenizer_dir = path / "model.keras", path / "tokenizer"
-    if path.is_file() and path.suffix == ".keras":
-        model = keras.saving.load_model(path, compile=False)
-        backbone = getattr(model, "backbone", model)
-        tokenizer_dir = tokenizer_dir or path.parent / "tokenizer"
-        tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir.is_dir() else None
-    elif path.is_dir() and (path / "config.json").is_file() and list(path.glob("*.safetensors*")):
-        backbone = BertBackbone.from_huggingface(path)
-        tokenizer = WordPieceTokenizer.from_huggingface(path)
-    else:
+    try:
+        parts = read_preset(init_from)
+    except ValueError as error:
         raise ValueError(
-            "`init_from` must be a run folder (model.keras + tokenizer/), a .keras file or "
-            f"a Hugging Face folder (config.json + model.safetensors). Received: {init_from!r}"
-        )
+            "`init_from` must be a run folder (model.keras + tokenizer/), a .keras file or a "
+            f"preset folder (Hugging Face, keras-hub, tfllm). Received: {init_from!r}. {error}"
+        ) from None
+    backbone, tokenizer = parts.backbone, parts.tokenizer
     if not isinstance(backbone, BertBackbone):
         raise ValueError(
             f"`init_from` {init_from!r} holds a {type(backbone).__name__}; fine-tuning "

@@ -17,6 +17,7 @@ from tfllm.io import atomic_path, atomic_write
 from tfllm.losses import SparseCategoricalCrossentropy
 from tfllm.metrics import Perplexity
 from tfllm.models import PRESETS, BertBackbone, BertPretrainer, CausalLM, GPTBackbone, MaskedLM
+from tfllm.models.preset_io import PresetParts, read_preset, with_overrides
 from tfllm.plots import plot_history
 from tfllm.preprocessing import CausalLMPreprocessor, MaskedLMPreprocessor
 from tfllm.tokenizers import (
@@ -32,10 +33,17 @@ from tfllm.training import Trainer, make_optimizer, make_strategy
 TRAINERS = {"wordpiece": train_wordpiece, "bpe": train_bpe, "sentencepiece": train_sentencepiece}
 
 
-def build_tokenizer(config: RunConfig, files: list[str]) -> Tokenizer:
-    """Loads `config.tokenizer_path`, or trains a `config.tokenizer` vocabulary on `files`."""
+def build_tokenizer(config: RunConfig, files: list[str], start=None) -> Tokenizer:
+    """`config.tokenizer_path`'s tokenizer, else the starting point's (`init_from`), else a
+    `config.tokenizer` vocabulary trained on `files`."""
     if config.tokenizer_path:
         return load_tokenizer(config.tokenizer_path, kind=config.tokenizer)
+    if start is not None:
+        if start.tokenizer is None:
+            raise ValueError(
+                f"`init_from` {config.init_from!r} has no tokenizer: set `tokenizer_path`."
+            )
+        return start.tokenizer
     texts = (t.decode() for t in read_documents(files, config.data_format).as_numpy_iterator())
     source = [Path(f) for f in files] if config.data_format == "text" else texts
     return TRAINERS[config.tokenizer](source, config.vocabulary_size)
@@ -47,8 +55,45 @@ def build_preprocessor(config: RunConfig, tokenizer: Tokenizer):
     return MaskedLMPreprocessor(tokenizer, config.sequence_length, seed=config.seed)
 
 
-def build_model(config: RunConfig, vocabulary_size: int) -> keras.Model:
-    """The task model of `config` (call inside `strategy.scope()`), compiled."""
+def read_starting_point(config: RunConfig) -> PresetParts:
+    """The pretrained backbone (and heads, tokenizer) that `config.init_from` names."""
+    wanted = GPTBackbone if config.task == "causal_lm" else BertBackbone
+    if not Path(config.init_from).expanduser().exists():
+        raise ValueError(f"`init_from` {config.init_from!r} does not exist.")
+    parts = read_preset(config.init_from)
+    if not isinstance(parts.backbone, wanted):
+        raise ValueError(
+            f"`init_from` {config.init_from!r} holds a {type(parts.backbone).__name__}; "
+            f"`task={config.task}` needs a {wanted.__name__}."
+        )
+    return parts
+
+
+def continued_model(config: RunConfig, start: PresetParts) -> keras.Model:
+    """The task of `config` on `start`'s backbone, its pretrained heads where it has them.
+
+    `model_overrides` may change only settings that keep the weights' shapes (dropout);
+    the compute dtype follows `precision`.
+    """
+    overrides = {**config.model_overrides, "dtype": config.precision}
+    if config.task == "causal_lm":
+        overrides["packed_sequences"] = True
+    backbone = with_overrides(start.backbone, **overrides)
+    task_class = {"causal_lm": CausalLM, "masked_lm": MaskedLM}.get(config.task, BertPretrainer)
+    model = task_class(backbone)
+    model.adopt_heads(start.task, config.init_from)
+    return model
+
+
+def build_model(config: RunConfig, vocabulary_size: int, start=None) -> keras.Model:
+    """The task model of `config` (call inside `strategy.scope()`), compiled.
+
+    `start`: the `PresetParts` of `config.init_from` (continued pretraining), else a new
+    model of the `model` preset with `vocabulary_size` tokens.
+    """
+    if start is not None:
+        model = continued_model(config, start)
+        return _compile(config, model)
     if config.model not in PRESETS:
         raise ValueError(f"`model` must be one of {sorted(PRESETS)}. Received: {config.model!r}")
     preset = PRESETS[config.model]
@@ -61,13 +106,17 @@ def build_model(config: RunConfig, vocabulary_size: int) -> keras.Model:
             f"`sequence_length` ({config.sequence_length}) exceeds the model's "
             f"`max_sequence_length` ({kwargs['max_sequence_length']})."
         )
-    loss = SparseCategoricalCrossentropy()
     if config.task == "causal_lm":
         model = CausalLM(GPTBackbone(**kwargs, packed_sequences=True))
     elif config.task == "masked_lm":
         model = MaskedLM(BertBackbone(**kwargs))
     else:
         model = BertPretrainer(BertBackbone(**kwargs))
+    return _compile(config, model)
+
+
+def _compile(config: RunConfig, model: keras.Model) -> keras.Model:
+    loss = SparseCategoricalCrossentropy()
     metrics = [Perplexity(), keras.metrics.SparseCategoricalAccuracy("accuracy")]
     if config.task == "bert_pretraining":
         nsp = [keras.metrics.SparseCategoricalAccuracy("accuracy")]
@@ -120,15 +169,21 @@ def _pretrain(config: RunConfig, files: list, validation_files: list, verbose: b
     run_dir = config.run_dir
     config.save(run_dir / "config.json")
     tokenizer_dir = run_dir / "tokenizer"
+    start = read_starting_point(config) if config.init_from else None
     if tokenizer_dir.is_dir():  # a resumed run keeps its vocabulary
         tokenizer = load_tokenizer(tokenizer_dir, kind=config.tokenizer)
     else:
-        tokenizer = build_tokenizer(config, files)
+        tokenizer = build_tokenizer(config, files, start)
         save_tokenizer(tokenizer, tokenizer_dir)
+    if start is not None and tokenizer.vocabulary_size() > start.backbone.vocabulary_size:
+        raise ValueError(
+            f"The tokenizer has {tokenizer.vocabulary_size()} tokens but `init_from`'s "
+            f"backbone only {start.backbone.vocabulary_size} embeddings."
+        )
     preprocessor = build_preprocessor(config, tokenizer)
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
-        model = build_model(config, tokenizer.vocabulary_size())
+        model = build_model(config, tokenizer.vocabulary_size(), start)
     tokens_per_batch = config.batch_size * config.sequence_length
     # A masked LM's head runs at its `max_predictions_per_seq` positions only.
     predicted = getattr(preprocessor, "max_predictions_per_seq", None)

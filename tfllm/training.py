@@ -376,10 +376,18 @@ class Trainer:
         return self.strategy.distribute_datasets_from_function(lambda ctx: limit(dataset(ctx)))
 
     def _build(self, dataset):
-        """Creates optimizer, loss and metric variables once, on one local batch."""
+        """Creates optimizer, loss and metric variables once, on a batch of zeros.
+
+        Zeros of the dataset's element spec, not a batch read from it: reading would draw
+        from the preprocessors' random generators (masks) before training starts.
+        """
         if not isinstance(dataset, tf.data.Dataset):
             dataset = dataset(tf.distribute.InputContext())
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(next(iter(dataset)))
+        batch = tf.nest.map_structure(
+            lambda spec: tf.zeros([size or 1 for size in spec.shape], spec.dtype),
+            dataset.element_spec,
+        )
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
         with self.strategy.scope():
             self.model.optimizer.build(self.model.trainable_variables)
             y_pred = self.model(x)

@@ -44,6 +44,8 @@ class CausalLM(Task):
         super().__init__(
             inputs=inputs, outputs=logits, backbone=backbone, preprocessor=preprocessor, **kwargs
         )
+        if not self.compiled:  # `compile(sampler=...)` sets it otherwise
+            self.sampler = generation.get_sampler("greedy")
 
     def compile(self, *args, sampler="greedy", **kwargs):
         """`Task.compile`, plus the `sampler` of `generate` (a name, dict or `Sampler`)."""

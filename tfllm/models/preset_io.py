@@ -54,7 +54,8 @@ class PresetParts:
     """What a preset folder holds.
 
     Attributes:
-        format: `"huggingface"`, `"keras_hub"`, `"tfllm"` or `"run"`.
+        format: `"huggingface"`, `"keras_hub"`, `"tfllm"`, `"run"`, or `"keras_file"`
+            (a `.keras` file; its tokenizer is the `tokenizer/` folder beside it).
         backbone: the `Backbone`, with the folder's weights.
         tokenizer: the folder's tokenizer, or `None` when it has none.
         task: a task model whose `.backbone` is `backbone`, or `None`: a tfllm preset's
@@ -72,7 +73,8 @@ def read_preset(preset, backbone_cls=None, **backbone_overrides) -> PresetParts:
     """Loads the backbone, tokenizer and task of a local preset folder of any format.
 
     Args:
-        preset: a folder (str or `Path`) in one of the formats of this module.
+        preset: a folder (str or `Path`) in one of the formats of this module, or a
+            `.keras` file of a backbone or task (tokenizer from `tokenizer/` beside it).
         backbone_cls: when given, the folder must hold a backbone of this class.
         **backbone_overrides: backbone constructor arguments that keep the weights'
             shapes, e.g. `dropout=0.0`, `dtype="mixed_bfloat16"`.
@@ -87,13 +89,16 @@ def read_preset(preset, backbone_cls=None, **backbone_overrides) -> PresetParts:
     ('huggingface', True)
     """
     folder = Path(preset).expanduser()
-    reader = {
-        "huggingface": _read_huggingface,
-        "keras_hub": _read_keras_hub,
-        "tfllm": _read_tfllm,
-        "run": _read_run,
-    }[detect_format(folder)]
-    parts = reader(folder, backbone_overrides)
+    if folder.is_file() and folder.suffix == ".keras":  # its tokenizer/ beside it, if any
+        parts = _read_model_file(folder, folder.parent / "tokenizer", backbone_overrides)
+    else:
+        reader = {
+            "huggingface": _read_huggingface,
+            "keras_hub": _read_keras_hub,
+            "tfllm": _read_tfllm,
+            "run": _read_run,
+        }[detect_format(folder)]
+        parts = reader(folder, backbone_overrides)
     if backbone_cls is not None and not isinstance(parts.backbone, backbone_cls):
         raise ValueError(
             f"`preset` {str(preset)!r} holds a {type(parts.backbone).__name__}, not a "
@@ -348,15 +353,16 @@ def _read_tfllm(folder: Path, overrides: dict) -> PresetParts:
 
 
 def _read_run(folder: Path, overrides: dict) -> PresetParts:
-    model = with_overrides(
-        keras.saving.load_model(folder / "model.keras", compile=False), **overrides
-    )
+    return _read_model_file(folder / "model.keras", folder / "tokenizer", overrides, "run")
+
+
+def _read_model_file(path: Path, tokenizer_dir: Path, overrides: dict, kind="keras_file"):
+    model = with_overrides(keras.saving.load_model(path, compile=False), **overrides)
     backbone = model if isinstance(model, Backbone) else getattr(model, "backbone", None)
     if not isinstance(backbone, Backbone):
         raise ValueError(
-            f"{str(folder / 'model.keras')!r} holds a {type(model).__name__}, neither a tfllm "
-            "backbone nor a task holding one."
+            f"{str(path)!r} holds a {type(model).__name__}, neither a tfllm backbone nor a "
+            "task holding one."
         )
-    tokenizer_dir = folder / "tokenizer"
     tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir.is_dir() else None
-    return PresetParts("run", backbone, tokenizer, None if model is backbone else model)
+    return PresetParts(kind, backbone, tokenizer, None if model is backbone else model)

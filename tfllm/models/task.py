@@ -7,6 +7,8 @@ pairs of strings, lists of words) as Python lists, numpy arrays or a batched
 
 A task compiles itself with defaults when built (`compile()` with no arguments: AdamW,
 the task's loss and accuracy), so `fit` works right away; `compile(...)` again to change.
+One rebuilt by `from_config` (`load_model(..., compile=False)`) is compiled with the
+defaults by its first `fit` or `evaluate`.
 """
 
 import logging
@@ -19,7 +21,7 @@ from tfllm.losses import SparseCategoricalCrossentropy
 from tfllm.models.preset_io import read_preset, save_preset
 from tfllm.models.presets import PRESETS
 from tfllm.models.task_inputs import holds_strings, split, to_dataset
-from tfllm.preprocessing import Preprocessor
+from tfllm.preprocessing import MaskedLMPreprocessor, Preprocessor
 from tfllm.training import AdamW
 
 logger = logging.getLogger(__name__)
@@ -53,11 +55,12 @@ class Task(keras.Model):
     # (a task does not change the backbone it is given).
     unused_layer_names: tuple[str, ...] = ()
 
-    def __init__(self, *, inputs, outputs, backbone, preprocessor=None, **kwargs):
+    def __init__(self, *, inputs, outputs, backbone, preprocessor=None, compile=True, **kwargs):
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
         self.backbone = backbone
         self.preprocessor = preprocessor
-        self.compile()
+        if compile:  # with the defaults; `fit` / `evaluate` also compile an uncompiled task
+            self.compile()
 
     @property
     def preprocessor(self):
@@ -114,7 +117,9 @@ class Task(keras.Model):
         config = dict(config, backbone=keras.layers.deserialize(config["backbone"]))
         if isinstance(config.get("preprocessor"), dict):
             config["preprocessor"] = keras.layers.deserialize(config["preprocessor"])
-        return cls(**config)
+        # Not compiled here: `load_model` compiles from the saved arguments (or not at all,
+        # with `compile=False`), and `fit` / `evaluate` compile with the defaults if needed.
+        return cls(**config, compile=False)
 
     # --- Presets ------------------------------------------------------------------------------
 
@@ -257,7 +262,11 @@ class Task(keras.Model):
 
     def _dataset(self, x, y, sample_weight, batch_size, shuffle=False) -> tf.data.Dataset:
         dataset = to_dataset(x, y, sample_weight, batch_size, shuffle)
-        dataset = dataset.map(self.preprocess_samples, num_parallel_calls=tf.data.AUTOTUNE)
+        # Masking draws from the preprocessor's random generator: a sequential map keeps
+        # the draws in batch order, so a seeded run masks the same way every time.
+        masking = isinstance(self.preprocessor, MaskedLMPreprocessor)
+        parallel = None if masking else tf.data.AUTOTUNE
+        dataset = dataset.map(self.preprocess_samples, num_parallel_calls=parallel)
         return dataset.prefetch(tf.data.AUTOTUNE)
 
     def fit(
@@ -276,6 +285,8 @@ class Task(keras.Model):
         In-memory inputs are batched (`batch_size`, default 32) and, with `shuffle`,
         reshuffled every epoch; `validation_split` holds out their last fraction.
         """
+        if not self.compiled:
+            self.compile()
         if self.preprocessor is None:
             self._refuse_strings(x, "x")
             return super().fit(
@@ -313,6 +324,8 @@ class Task(keras.Model):
 
     def evaluate(self, x=None, y=None, batch_size=None, sample_weight=None, **kwargs):
         """Keras `evaluate`; with a preprocessor, `x` may be raw inputs."""
+        if not self.compiled:
+            self.compile()
         if self.preprocessor is None or kwargs.get("_use_cached_eval_dataset"):
             if self.preprocessor is None:
                 self._refuse_strings(x, "x")
