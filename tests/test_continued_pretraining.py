@@ -90,6 +90,9 @@ def test_causal_lm_continues_a_gpt(tmp_path):
         np.testing.assert_array_equal(ours, theirs)
     summary = pretrain(config, verbose=False)
     assert summary["step"] == 2 and np.isfinite(summary["loss"])
+    # The run's model is saved with its preprocessor: it generates from raw text.
+    trained = CausalLM.from_preset(tmp_path / "runs" / "gpt")
+    assert trained.generate("the fox", max_length=8, stop_token_ids=None).startswith("the fox")
 
 
 def test_errors(tmp_path):

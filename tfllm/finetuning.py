@@ -288,7 +288,7 @@ def _finetune(config: RunConfig, data: labelled.LabelledData, verbose: bool) -> 
         test = make_dataset(data.test, preprocessor, config.batch_size)
         summary.update({f"test_{k}": v for k, v in _evaluate(model, test).items()})
     summary.update(baseline(config.task, data))
-    _save_model(model, run_dir / "model.keras")
+    _save_model(model, run_dir / "model.keras", preprocessor)
     atomic_write(run_dir / "history.json", json.dumps(history, indent=1))
     atomic_write(run_dir / "metrics.json", json.dumps(summary, indent=1))
     plot_history(history, run_dir / "curves.png")
@@ -333,9 +333,13 @@ def _embedding_layers(backbone: BertBackbone) -> list:
     ]
 
 
-def _save_model(model: keras.Model, path: Path) -> None:
-    """Saves an uncompiled copy (no optimizer state) atomically."""
+def _save_model(model: keras.Model, path: Path, preprocessor) -> None:
+    """Saves an uncompiled copy (no optimizer state) with its preprocessor, atomically.
+
+    The saved task takes raw text: `keras.saving.load_model(path).predict(["..."])`.
+    """
     copy = type(model).from_config(model.get_config())
     copy.set_weights(model.get_weights())
+    copy.preprocessor = preprocessor
     with atomic_path(path) as temp:
         copy.save(temp)

@@ -216,6 +216,8 @@ def _pretrain(config: RunConfig, files: list, validation_files: list, verbose: b
         validation_steps=config.validation_steps,
     )
     if trainer.is_chief:
+        # Saved with its preprocessor, so the loaded task takes raw text (`generate`, `fit`).
+        model.preprocessor = preprocessor
         with atomic_path(run_dir / "model.keras") as temp:
             model.save(temp)
         atomic_write(run_dir / "history.json", json.dumps(history, indent=1))
