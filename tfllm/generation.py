@@ -338,6 +338,9 @@ def _decoder(model, sampler, max_new_tokens, stop_token_ids, jit_compile, batch_
     """
     key = (model, sampler.name, json.dumps(sampler.get_config()), max_new_tokens)
     key += (tuple(stop_token_ids), jit_compile, batch_size)
+    # A trace reads the variables it saw: after `enable_lora` / `merge_lora` (weights
+    # added or removed) it would decode with the old ones, so they are part of the key.
+    key += (tuple(id(w) for w in getattr(model, "weights", ())),)
     if key not in _DECODERS:
         prompts = tf.TensorSpec([batch_size, None], tf.int32)
         signature = [prompts, prompts, tf.TensorSpec([2], tf.int32)]

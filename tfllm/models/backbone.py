@@ -59,6 +59,16 @@ def _read_lora_file(filepath):
     return (*attrs, weights)
 
 
+def _set_trainable(layers, value: bool) -> None:
+    """`layer.trainable = value` for each layer, its own variables included.
+
+    Calls the property's setter: an assignment (TF backend) skips a value equal to the
+    current one, and would leave variables frozen on their own (a LoRA kernel) as they are.
+    """
+    for layer in layers:
+        keras.layers.Layer.trainable.fset(layer, value)
+
+
 def _matches(path: str, name: str) -> bool:
     return path == name or path.endswith("/" + name)
 
@@ -208,12 +218,11 @@ class Backbone(keras.Model):
                 f"{sorted(dense)[:4]}. Received: {list(names)!r}, matching none: {unmatched}"
             )
         targets = [path for path in dense if any(_matches(path, n) for n in names)]
-        self.trainable = True  # a frozen backbone's layers too (a no-op when trainable)
-        for layer in self._flatten_layers(include_self=False):
-            layer.trainable = False
+        self.trainable = True
+        _set_trainable(self._flatten_layers(include_self=False), False)
         for path in targets:
             layer = dense[path]
-            layer.trainable = True  # for the adapters Keras adds next
+            _set_trainable([layer], True)  # for the adapters Keras adds next
             layer.enable_lora(rank, lora_alpha=lora_alpha)
             if layer.bias is not None:
                 layer.bias.trainable = False
@@ -321,10 +330,7 @@ class Backbone(keras.Model):
             layer.lora_enabled, layer.lora_rank, layer.lora_alpha = False, None, None
         self._lora_rank = self._lora_alpha = None
         self._lora_paths = ()
-        # Keras (TF backend) ignores setting `trainable` to its current value: pass through
-        # False so every layer and variable is set.
-        self.trainable = False
-        self.trainable = True
+        _set_trainable(self._flatten_layers(), True)
         self._reset_compiled_functions()
 
     def _reset_compiled_functions(self):
