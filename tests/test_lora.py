@@ -328,3 +328,18 @@ def test_lora_errors_name_the_argument_or_the_missing_step(tmp_path):
         backbone.enable_lora(RANK)
     with pytest.raises(ValueError, match="`filepath` must end in `.lora.h5`"):
         backbone.save_lora_weights(tmp_path / "adapters.h5")
+
+
+def test_lora_trains_on_two_replicas(mirrored_strategy):
+    with mirrored_strategy.scope():  # adapters are created where the model lives
+        backbone = backbone_of("gpt_tiny")
+        lm = CausalLM(backbone)
+        backbone.enable_lora(RANK)
+        lm.compile(optimizer=keras.optimizers.Adam(1e-2), loss="auto")
+    assert all(isinstance(w.value, tf.distribute.DistributedValues) for w in lora_weights(lm))
+    inputs = inputs_of(backbone, batch=4)
+    base = {w.path: np.array(w.numpy()) for w in backbone.weights if "lora" not in w.path}
+    lm.fit(inputs, inputs["token_ids"], batch_size=4, epochs=2, verbose=0)
+    after = {w.path: w.numpy() for w in backbone.weights if "lora" not in w.path}
+    assert all(np.array_equal(after[path], value) for path, value in base.items())
+    assert any(np.abs(w.numpy()).max() > 0 for w in lora_weights(lm) if "kernel_b" in w.path)

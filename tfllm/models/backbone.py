@@ -176,7 +176,9 @@ class Backbone(keras.Model):
         head stays trainable. Call it before `fit` (a model that has already trained must
         be compiled again). `.keras` and `.weights.h5` files of a LoRA model hold merged
         kernels (Keras's `Dense` saves them so) and load as a model without LoRA; to go on
-        training the adapters, save them with `save_lora_weights`.
+        training the adapters, save them with `save_lora_weights`. Load full weights before
+        `enable_lora`: Keras zeroes both `A` and `B` when it loads them into LoRA layers,
+        and adapters at zero get no gradient.
 
         Args:
             rank: rank of the adapters, a positive int.
