@@ -25,6 +25,8 @@ MODULES = [
     "tfllm.models.preset_io",
     "tfllm.models.task",
     "tfllm.models.tasks",
+    "tfllm.preprocessing.causal_lm",
+    "tfllm.preprocessing.chat",
     "tfllm.tokenizers.files",
 ]
 GLOBALS = dict(

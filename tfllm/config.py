@@ -15,10 +15,12 @@ import typing
 from pathlib import Path
 
 from tfllm.io import atomic_write
+from tfllm.preprocessing.chat import ChatTemplate
 
 PRETRAINING_TASKS = ("causal_lm", "masked_lm", "bert_pretraining")
 FINETUNING_TASKS = ("classification", "token_classification")
-TASKS = PRETRAINING_TASKS + FINETUNING_TASKS
+SFT_TASK = "causal_lm_sft"  # supervised fine-tuning of a causal LM on prompts / responses
+TASKS = PRETRAINING_TASKS + FINETUNING_TASKS + (SFT_TASK,)
 # Built-in labelled datasets (pipelines/labelled.py) and the task each one is for.
 DATASETS = {
     "rotten_tomatoes": "classification",
@@ -75,6 +77,13 @@ class RunConfig:
     lowest layers; 0 = none), `early_stopping_patience` (evaluations without improvement;
     0 = never stop early). Validation runs every `log_every` steps.
 
+    Supervised fine-tuning (`task` "causal_lm_sft", run by `tfllm.pretraining.pretrain`):
+    `init_from` (a causal LM: run folder, `.keras` file, preset folder), `train_files` /
+    `validation_files` (JSONL `{"prompt", "response"}` or `{"messages": [...]}`, see
+    `pipelines.sft`), `test_files` (kept for evaluation), `chat_template` (`{"system",
+    "user", "assistant"}` formats, missing ones from `ChatTemplate()`; stored whole once
+    loaded), `packed` (several examples per row, no attention between them).
+
     Tuning: `search_space` (`{field or model setting: values or range}`, read by
     `tfllm.tuning`; training runs ignore it).
     """
@@ -121,6 +130,8 @@ class RunConfig:
     layerwise_lr_decay: float = 1.0
     freeze_layers: int = 0
     early_stopping_patience: int = 0
+    chat_template: dict = dataclasses.field(default_factory=dict)
+    packed: bool = True
     search_space: dict = dataclasses.field(default_factory=dict)  # tfllm.tuning
 
     def __post_init__(self):
@@ -172,11 +183,38 @@ class RunConfig:
             self._check_finetuning()
         else:
             defaults = {f.name: f.default for f in dataclasses.fields(self)}
-            unused = [name for name in FINETUNING_FIELDS if getattr(self, name) != defaults[name]]
+            sft = self.task == SFT_TASK
+            # SFT keeps `test_files` for evaluating its generations.
+            fields = [f for f in FINETUNING_FIELDS if not (sft and f == "test_files")]
+            unused = [name for name in fields if getattr(self, name) != defaults[name]]
             if unused:
                 raise ValueError(
                     f"{unused} are fine-tuning settings; `task={self.task}` does not use them."
                 )
+        if self.task == SFT_TASK:
+            self._check_sft()
+        elif self.chat_template or not self.packed:
+            raise ValueError(
+                f"`chat_template` and `packed` are settings of `task={SFT_TASK}`; "
+                f"`task={self.task}` does not use them."
+            )
+
+    def _check_sft(self):
+        if not self.init_from or not self.train_files:
+            raise ValueError(
+                f"`task={SFT_TASK}` fine-tunes a causal LM on examples: it needs `init_from` "
+                f"and `train_files`. Received: init_from={self.init_from!r}, "
+                f"train_files={list(self.train_files)}"
+            )
+        unknown = sorted(set(self.chat_template) - {"system", "user", "assistant"})
+        if unknown:
+            raise ValueError(
+                "`chat_template` keys are `system`, `user` and `assistant`. "
+                f"Received: {sorted(self.chat_template)}"
+            )
+        # Stored whole, so that the run keeps its template if the defaults change.
+        template = ChatTemplate(**self.chat_template).get_config()
+        object.__setattr__(self, "chat_template", template)
 
     def _check_finetuning(self):
         if self.dataset and self.dataset not in DATASETS:

@@ -1,5 +1,10 @@
 """A whole pretraining run from a `RunConfig`: tokenizer, data, model, training, outputs.
 
+Supervised fine-tuning of a causal LM (`task="causal_lm_sft"`) runs the same way, on
+prompt / response or chat examples (`pipelines.sft`) from its `init_from` model; its
+`model.keras` holds the preprocessor with the run's chat template, so it answers raw
+prompts (`generate`).
+
 `runs/<name>/` receives `config.json`, `tokenizer/` (vocabulary files),
 `checkpoints/`, `logs/` (TensorBoard), `history.json`, `curves.png` and `model.keras`.
 """
@@ -11,8 +16,9 @@ import keras
 import tensorflow as tf
 
 from pipelines.datasets import expand_files, pretraining_dataset_fn, read_documents
+from pipelines.sft import read_sft_files, sft_dataset_fn
 from tfllm import assets, benchmarking
-from tfllm.config import RunConfig
+from tfllm.config import SFT_TASK, RunConfig
 from tfllm.io import atomic_path, atomic_write
 from tfllm.losses import SparseCategoricalCrossentropy
 from tfllm.metrics import Perplexity
@@ -52,12 +58,16 @@ def build_tokenizer(config: RunConfig, files: list[str], start=None) -> Tokenize
 def build_preprocessor(config: RunConfig, tokenizer: Tokenizer):
     if config.task == "causal_lm":
         return CausalLMPreprocessor(tokenizer, config.sequence_length)
+    if config.task == SFT_TASK:
+        return CausalLMPreprocessor(
+            tokenizer, config.sequence_length, chat_template=config.chat_template
+        )
     return MaskedLMPreprocessor(tokenizer, config.sequence_length, seed=config.seed)
 
 
 def read_starting_point(config: RunConfig) -> PresetParts:
     """The pretrained backbone (and heads, tokenizer) that `config.init_from` names."""
-    wanted = GPTBackbone if config.task == "causal_lm" else BertBackbone
+    wanted = GPTBackbone if config.task in ("causal_lm", SFT_TASK) else BertBackbone
     if not Path(config.init_from).expanduser().exists():
         raise ValueError(f"`init_from` {config.init_from!r} does not exist.")
     parts = read_preset(config.init_from)
@@ -76,10 +86,11 @@ def continued_model(config: RunConfig, start: PresetParts) -> keras.Model:
     the compute dtype follows `precision`.
     """
     overrides = {**config.model_overrides, "dtype": config.precision}
-    if config.task == "causal_lm":
-        overrides["packed_sequences"] = True
+    if config.task in ("causal_lm", SFT_TASK):
+        overrides["packed_sequences"] = config.packed  # True unless SFT says otherwise
     backbone = with_overrides(start.backbone, **overrides)
-    task_class = {"causal_lm": CausalLM, "masked_lm": MaskedLM}.get(config.task, BertPretrainer)
+    classes = {"causal_lm": CausalLM, SFT_TASK: CausalLM, "masked_lm": MaskedLM}
+    task_class = classes.get(config.task, BertPretrainer)
     model = task_class(backbone)
     model.adopt_heads(start.task, config.init_from)
     return model
@@ -116,7 +127,9 @@ def build_model(config: RunConfig, vocabulary_size: int, start=None) -> keras.Mo
 
 
 def _compile(config: RunConfig, model: keras.Model) -> keras.Model:
-    loss = SparseCategoricalCrossentropy()
+    # SFT: the mean over response tokens, whatever share of each batch the prompts take.
+    reduction = "mean_with_sample_weight" if config.task == SFT_TASK else "sum_over_batch_size"
+    loss = SparseCategoricalCrossentropy(reduction=reduction)
     metrics = [Perplexity(), keras.metrics.SparseCategoricalAccuracy("accuracy")]
     if config.task == "bert_pretraining":
         nsp = [keras.metrics.SparseCategoricalAccuracy("accuracy")]
@@ -138,7 +151,7 @@ def default_corpus() -> tuple[list[str], list[str]]:
 
 
 def pretrain(config: RunConfig, verbose: bool = True) -> dict:
-    """Runs (or resumes) the pretraining of `config`; returns a summary dict.
+    """Runs (or resumes) the pretraining (or SFT) of `config`; returns a summary dict.
 
     Without `train_files` the built-in corpus is used (`default_corpus`).
     """
@@ -204,14 +217,14 @@ def _pretrain(config: RunConfig, files: list, validation_files: list, verbose: b
     )
     # Its own preprocessor: validation must not draw from the training masks' generator.
     validation = (
-        pretraining_dataset_fn(
+        run_dataset_fn(
             config, build_preprocessor(config, tokenizer), validation_files, training=False
         )
         if validation_files
         else None
     )
     history = trainer.fit(
-        pretraining_dataset_fn(config, preprocessor, files),
+        run_dataset_fn(config, preprocessor, files),
         validation_data=validation,
         validation_steps=config.validation_steps,
     )
@@ -225,6 +238,14 @@ def _pretrain(config: RunConfig, files: list, validation_files: list, verbose: b
             plot_history(history, run_dir / "curves.png")
     last = {k: v[-1] for k, v in history.items() if v}
     return {"run_dir": str(run_dir), "replicas": strategy.num_replicas_in_sync, **last}
+
+
+def run_dataset_fn(config: RunConfig, preprocessor, files: list, training: bool = True):
+    """The run's `InputContext -> Dataset`: documents, or SFT examples (read and checked
+    here, before training starts)."""
+    if config.task == SFT_TASK:
+        return sft_dataset_fn(config, preprocessor, read_sft_files(files), training)
+    return pretraining_dataset_fn(config, preprocessor, files, training)
 
 
 def tf_data_service_servers() -> tuple[str, list]:

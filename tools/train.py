@@ -1,7 +1,8 @@
 """Train from a RunConfig: `python -m tools.train [--config FILE] [--key=value ...]`.
 
 The task decides the run: pretraining tasks (`causal_lm`, `masked_lm`, `bert_pretraining`)
-go to `tfllm.pretraining.pretrain`, fine-tuning tasks (`classification`,
+and supervised fine-tuning of a causal LM (`causal_lm_sft`, on JSONL prompt / response or
+chat records) go to `tfllm.pretraining.pretrain`, fine-tuning tasks (`classification`,
 `token_classification`) to `tfllm.finetuning.finetune`. Without a config file the
 defaults apply: a tiny GPT pretrained on the built-in Shakespeare corpus. Re-running a
 pretraining command resumes from the last checkpoint of `runs/<name>/`.
@@ -12,6 +13,8 @@ Examples:
     python -m tools.train --config runs/gpt_tiny/config.json --steps=600
     python -m tools.train --task=classification --dataset=rotten_tomatoes \\
         --init_from=runs/bert_tiny --learning_rate=1e-4 --steps=600 --log_every=100
+    python -m tools.train --task=causal_lm_sft --init_from=runs/gpt_tiny \\
+        --train_files=data/sft.jsonl --learning_rate=1e-4 --steps=300 --name=gpt_sft
 """
 
 import argparse

@@ -54,7 +54,7 @@ class CausalLM(Task):
 
     def get_compile_config(self):
         config = super().get_compile_config()
-        if config is not None:  # the sampler is saved with the other compile arguments
+        if config:  # compiled (else `{}`): the sampler goes with the other compile arguments
             config["sampler"] = {"name": self.sampler.name, **self.sampler.get_config()}
         return config
 

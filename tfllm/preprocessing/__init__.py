@@ -7,12 +7,14 @@ Model inputs use the fixed keys `token_ids`, `segment_ids`, `padding_mask`,
 from tfllm.preprocessing.base import Preprocessor
 from tfllm.preprocessing.bert import BertPreprocessor, MaskedLMPreprocessor
 from tfllm.preprocessing.causal_lm import CausalLMPreprocessor, pack_documents
+from tfllm.preprocessing.chat import ChatTemplate
 from tfllm.preprocessing.nsp import nsp_pairs
 from tfllm.preprocessing.token_classification import TokenClassificationPreprocessor
 
 __all__ = [
     "BertPreprocessor",
     "CausalLMPreprocessor",
+    "ChatTemplate",
     "MaskedLMPreprocessor",
     "Preprocessor",
     "TokenClassificationPreprocessor",
