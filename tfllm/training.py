@@ -292,6 +292,9 @@ class Trainer:
             or resolver.task_type == "chief"
             or (resolver.task_type == "worker" and resolver.task_id == 0)
         )
+        # Traced once (per input type) and reused by every `fit` and evaluation.
+        self._train_function = tf.function(self._train_steps)
+        self._test_function = tf.function(self._test_steps)
 
     def fit(
         self,
@@ -307,7 +310,9 @@ class Trainer:
                 pipeline reading its own shard, as multi-worker training needs). It must
                 not run out (`.repeat()` it) and must be deterministic: on resume the
                 first `step` batches are skipped to reach the same data position.
-            validation_data: the same kinds, evaluated every `log_every` steps.
+            validation_data: the same kinds, evaluated every `log_every` steps on the
+                same first `validation_steps` batches, read once and cached in memory
+                (shuffle it not; a masked LM's masks are drawn once).
             validation_steps: batches per evaluation.
         """
         checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer)
@@ -318,7 +323,9 @@ class Trainer:
             checkpoint.restore(latest).assert_existing_objects_matched()
         step = int(self.model.optimizer.iterations.numpy())
         iterator = iter(self._distribute(dataset, skip=step))
-        train_step = self._step_function(self.model.train_step)
+        validation = None
+        if validation_data is not None:
+            validation = self._validation_input(validation_data, validation_steps)
         writer = (
             tf.summary.create_file_writer(str(self.run_dir / "logs"))
             if self.is_chief
@@ -328,48 +335,58 @@ class Trainer:
         progress = keras.utils.Progbar(self.steps, verbose=int(self.verbose and self.is_chief))
         started, started_step = time.perf_counter(), step
         while step < self.steps:
-            logs = {k: float(v) for k, v in train_step(iterator).items()}
-            step += 1
-            if not math.isfinite(logs["loss"]):
+            # One graph call runs the steps up to the next log or checkpoint step: the host
+            # reads the metrics there only.
+            stop = min(self._next(step, self.log_every), self._next(step, self.checkpoint_every))
+            done, logs = self._train_function(iterator, tf.constant(stop - step))
+            step += int(done)
+            loss = float(logs["loss"])
+            if not math.isfinite(loss):
                 raise FloatingPointError(
-                    f"The training loss became {logs['loss']} at step {step}: stopping. "
+                    f"The training loss became {loss} at step {step}: stopping. "
                     "Lower the learning rate, enable clipping, or check the data."
                 )
             if step % self.log_every == 0 or step == self.steps:
+                logs = {k: float(v) for k, v in logs.items()}
                 logs.update(self._speed(step - started_step, time.perf_counter() - started))
                 logs["learning_rate"] = float(
                     keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
                 )
                 self.model.reset_metrics()
-                if validation_data is not None:
-                    logs.update(self.evaluate(validation_data, validation_steps, prefix="val_"))
+                if validation is not None:
+                    logs.update(self._evaluate(validation, prefix="val_"))
                 self._record(writer, history, step, logs)
+                shown = [(k, logs[k]) for k in ("loss", "tokens_per_second") if k in logs]
+                progress.update(step, shown)
                 started, started_step = time.perf_counter(), step
             if step % self.checkpoint_every == 0 or step == self.steps:
                 self._save(manager, step)
-            shown = [(k, logs[k]) for k in ("loss", "tokens_per_second") if k in logs]
-            progress.update(step, shown)
         writer.flush()
         return history
 
-    def evaluate(self, dataset: tf.data.Dataset, steps: int = 20, prefix: str = "") -> dict:
+    def evaluate(self, dataset, steps: int = 20, prefix: str = "") -> dict:
         """Compiled loss and metrics over the first `steps` batches of `dataset`."""
+        return self._evaluate(self._validation_input(dataset, steps), prefix)
+
+    def _next(self, step: int, every: int) -> int:
+        """The first multiple of `every` after `step`, at most `steps`."""
+        return min((step // every + 1) * every, self.steps)
+
+    def _validation_input(self, dataset, steps: int):
+        """The first `steps` batches of `dataset`, cached on the first pass over them."""
+        return self._distribute(dataset, take=steps, cache=True)
+
+    def _evaluate(self, validation, prefix: str) -> dict:
         self.model.reset_metrics()
-        test_step = self._step_function(self.model.test_step)
-        iterator = iter(self._distribute(dataset, take=steps))
-        logs = {}
-        for _ in range(steps):
-            try:
-                logs = test_step(iterator)
-            except (StopIteration, tf.errors.OutOfRangeError):
-                break
+        logs = self._test_function(iter(validation))
         self.model.reset_metrics()
         return {prefix + k: float(v) for k, v in logs.items()}
 
-    def _distribute(self, dataset, skip: int = 0, take: int | None = None):
+    def _distribute(self, dataset, skip: int = 0, take: int | None = None, cache: bool = False):
         def limit(ds):
             ds = ds.skip(skip)
-            return ds if take is None else ds.take(take)
+            ds = ds if take is None else ds.take(take)
+            return ds.cache() if cache else ds
 
         if isinstance(dataset, tf.data.Dataset):
             return self.strategy.experimental_distribute_dataset(limit(dataset))
@@ -383,10 +400,15 @@ class Trainer:
         """
         if not isinstance(dataset, tf.data.Dataset):
             dataset = dataset(tf.distribute.InputContext())
-        batch = tf.nest.map_structure(
-            lambda spec: tf.zeros([size or 1 for size in spec.shape], spec.dtype),
-            dataset.element_spec,
-        )
+        specs = tf.nest.flatten(dataset.element_spec)
+        # One batch size for every part (some parts may know it statically, others not).
+        batch_size = next((s.shape[0] for s in specs if s.shape.rank and s.shape[0]), 1)
+
+        def zeros(spec):
+            shape = [size or 1 for size in spec.shape]
+            return tf.zeros([batch_size, *shape[1:]] if shape else [], spec.dtype)
+
+        batch = tf.nest.map_structure(zeros, dataset.element_spec)
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
         with self.strategy.scope():
             self.model.optimizer.build(self.model.trainable_variables)
@@ -395,17 +417,33 @@ class Trainer:
             self.model.compute_metrics(x, y, y_pred, sample_weight)
             self.model.reset_metrics()
 
-    def _step_function(self, step_fn):
-        """One `step_fn` (Keras's train_step / test_step) on every replica, in a graph."""
+    def _train_steps(self, iterator, count):
+        """Runs up to `count` train steps (Keras's `train_step` on every replica) in one
+        graph; stops after a step whose loss is not finite. Traced once.
+
+        Returns:
+            the number of steps run and the metrics after the last one.
+        """
         strategy = self.strategy
+        done, finite = tf.constant(0), tf.constant(True)
+        while finite and done < count:
+            logs = strategy.run(self.model.train_step, args=(next(iterator),))
+            # Reduced over all replicas, so that every worker stops at the same step.
+            finite = tf.math.is_finite(strategy.reduce("MEAN", logs["loss"], axis=None))
+            done += 1
+        return done, self._metrics()
 
-        @tf.function
-        def step(iterator):
-            logs = strategy.run(step_fn, args=(next(iterator),))
-            # Each replica reports its own running metrics: average them (all workers).
-            return {k: strategy.reduce("MEAN", v, axis=None) for k, v in logs.items()}
+    def _test_steps(self, iterator):
+        """Keras's `test_step` on every batch of `iterator`; returns the metrics."""
+        for batch in iterator:
+            self.strategy.run(self.model.test_step, args=(batch,))
+        return self._metrics()
 
-        return step
+    def _metrics(self):
+        """The metrics as `train_step` / `test_step` return them, averaged over replicas
+        (each one reports its own running values)."""
+        logs = self.strategy.run(self.model.get_metrics_result)
+        return {k: self.strategy.reduce("MEAN", v, axis=None) for k, v in logs.items()}
 
     def _speed(self, steps: int, seconds: float) -> dict:
         if not self.tokens_per_batch or seconds <= 0:
