@@ -387,3 +387,14 @@ def test_from_preset_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="Found: \\[\\]"):
         CausalLM.from_preset(tmp_path / "empty")
+
+
+def test_from_preset_keeps_the_saved_preprocessor_settings(tokenizer, tmp_path):
+    from tfllm.preprocessing import ChatTemplate
+
+    template = ChatTemplate(user="Q: {content}\n", assistant="A: {content}")
+    lm = CausalLM(gpt(), preprocessor=CausalLMPreprocessor(tokenizer, 16, chat_template=template))
+    lm.save_to_preset(tmp_path / "chat")
+    longer = CausalLM.from_preset(tmp_path / "chat", sequence_length=24)  # a new preprocessor
+    assert longer.preprocessor.sequence_length == 24
+    assert longer.preprocessor.chat_template.get_config() == template.get_config()

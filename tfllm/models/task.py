@@ -137,7 +137,8 @@ class Task(keras.Model):
         Args:
             preset: a `PRESETS` name or a folder.
             sequence_length: of the preprocessor built here (default: the saved
-                preprocessor's, else `min(128, max_sequence_length)`).
+                preprocessor's, else `min(128, max_sequence_length)`). A saved preprocessor
+                of this task's kind keeps its other settings (casing, chat template, ...).
             **kwargs: the task's own constructor arguments (`num_classes`, `dropout`,
                 `preprocessor`, ...); other keys are backbone arguments that keep the
                 weights' shapes (`dtype`, and for a size name any of them).
@@ -171,10 +172,21 @@ class Task(keras.Model):
         saved = parts.task
         reuse = isinstance(saved, cls) and not task_kwargs and sequence_length is None
         preprocessor = task_kwargs.pop("preprocessor", None)
-        if preprocessor is None and parts.tokenizer is not None:
-            saved_preprocessor = getattr(saved, "preprocessor", None)
-            length = sequence_length or getattr(saved_preprocessor, "sequence_length", None)
-            length = length or min(DEFAULT_SEQUENCE_LENGTH, parts.backbone.max_sequence_length)
+        saved_preprocessor = getattr(saved, "preprocessor", None)
+        keeps_saved = not cls.preset_task_arguments & task_kwargs.keys()  # e.g. new tags
+        if (
+            preprocessor is None
+            and keeps_saved
+            and isinstance(saved_preprocessor, cls.preprocessor_cls)
+        ):
+            # The saved settings (casing, masking rates, chat template), maybe a new length.
+            length = sequence_length or saved_preprocessor.sequence_length
+            config = {**saved_preprocessor.get_config(), "sequence_length": length}
+            preprocessor = type(saved_preprocessor).from_config(config)
+        elif preprocessor is None and parts.tokenizer is not None:
+            length = sequence_length or min(
+                DEFAULT_SEQUENCE_LENGTH, parts.backbone.max_sequence_length
+            )
             preprocessor = cls.preset_preprocessor(parts.tokenizer, length, task_kwargs)
         for key in cls.preset_task_arguments:  # preprocessor arguments, used or not
             task_kwargs.pop(key, None)
