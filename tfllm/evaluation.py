@@ -1,4 +1,4 @@
-"""Scores of a finished run on data it never trained on: a JSON report and PNG plots.
+r"""Scores of a finished run on data it never trained on: a JSON report and PNG plots.
 
 `evaluate_run(run_dir)` reads what `tools/train.py` wrote (`config.json`, `tokenizer/`,
 `model.keras`) and scores the model by its task:
@@ -7,13 +7,35 @@
 - token classification: entity-level precision / recall / F1 as conlleval counts them,
   per entity type, and the confusion matrix of word tags;
 - pretraining (causal LM, masked LM, MLM + NSP): perplexity on the validation files next
-  to a unigram model's (add-one smoothed counts of the training labels), NSP accuracy.
+  to a unigram model's (add-one smoothed counts of the training labels), NSP accuracy;
+- supervised fine-tuning (`causal_lm_sft`): answers generated (greedy) for the single-turn
+  prompts of the test files (else validation), scored by `tfllm.text_evaluation` (BLEU,
+  chrF, ROUGE, exact match; accuracy / macro F1 for label-like answers), with
+  `report.md` (scores, settings, examples).
 It writes `report.json`, and for the labelled tasks `confusion_matrix.png` and
 `per_class_f1.png`, to `output_dir` (default `<run_dir>/evaluation/`).
 
 Example:
->>> report = evaluate_run("runs/rotten_tomatoes")
->>> report["scores"]["accuracy"], report["baseline"]["accuracy"]
+>>> rows = [("good film", "pos"), ("bad film", "neg"), ("a good one", "pos")]
+>>> lines = [json.dumps({"text": text, "label": label}) + "\n" for text, label in rows]
+>>> _ = Path("reviews.jsonl").write_text("".join(lines))
+>>> # A run folder as tools/train.py writes it (here with an untrained model):
+>>> files = ("reviews.jsonl",)
+>>> config = RunConfig(task="classification", model="bert_tiny", train_files=files,
+...                    validation_files=files, test_files=files, label_names=("neg", "pos"))
+>>> config.save("runs/sst/config.json")
+>>> vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "good", "bad", "film"]
+>>> tokenizer = tfllm.tokenizers.WordPieceTokenizer(vocabulary)
+>>> _ = tfllm.tokenizers.save_tokenizer(tokenizer, "runs/sst/tokenizer")
+>>> backbone = BertBackbone.from_preset("bert_tiny", vocabulary_size=7)
+>>> TextClassifier(backbone, num_classes=2).save("runs/sst/model.keras")
+>>> report = evaluate_run("runs/sst")
+>>> report["examples"], report["baseline"]["accuracy"]  # the majority class's accuracy
+(3, 0.666...)
+>>> sorted(report["scores"])
+['accuracy', 'confusion_matrix', 'macro', 'micro', 'per_class']
+>>> sorted(path.name for path in Path("runs/sst/evaluation").iterdir())
+['confusion_matrix.png', 'per_class_f1.png', 'report.json']
 """
 
 import collections
@@ -26,13 +48,15 @@ import tensorflow as tf
 
 from pipelines import labelled
 from pipelines.datasets import expand_files, pretraining_dataset_fn
-from tfllm.config import FINETUNING_TASKS, RunConfig
+from pipelines.sft import read_sft_files
+from tfllm.config import FINETUNING_TASKS, SFT_TASK, RunConfig
 from tfllm.finetuning import baseline, load_data
 from tfllm.io import atomic_write
 from tfllm.metrics import entity_f1
 from tfllm.plots import plot_confusion_matrix, plot_per_class
 from tfllm.preprocessing import BertPreprocessor, TokenClassificationPreprocessor
 from tfllm.pretraining import build_preprocessor, default_corpus
+from tfllm.text_evaluation import evaluate_generation, report_markdown
 from tfllm.tokenizers import load_tokenizer
 
 
@@ -122,6 +146,9 @@ def evaluate_run(run_dir, split: str = "test", output_dir=None) -> dict:
     report = {"run_dir": str(run_dir), "task": config.task}
     if config.task in FINETUNING_TASKS:
         report.update(_evaluate_labelled(config, tokenizer, model, split, output_dir))
+    elif config.task == SFT_TASK:
+        report.update(_evaluate_sft(config, model, split))
+        atomic_write(output_dir / "report.md", report_markdown(report))
     else:
         report.update(_evaluate_language_model(config, tokenizer, model))
     atomic_write(output_dir / "report.json", json.dumps(report, indent=1))
@@ -166,6 +193,29 @@ def _evaluate_labelled(config, tokenizer, model, split, output_dir) -> dict:
         "scores": scores,
         "baseline": {k.removeprefix("baseline_"): v for k, v in base.items()},
     }
+
+
+def _evaluate_sft(config, model, split) -> dict:
+    """Generated answers to the single-turn prompts of the test (or validation) files."""
+    files = config.test_files if split == "test" and config.test_files else ()
+    name = "test" if files else "validation"
+    files = files or config.validation_files
+    if not files:
+        raise ValueError("An SFT run is evaluated on its `test_files` or `validation_files`.")
+    conversations = read_sft_files(expand_files(files, f"{name}_files"))
+    pairs = [
+        (c[-2]["content"], c[-1]["content"])
+        for c in conversations
+        if len(c) >= 2 and [m["role"] for m in c[-2:]] == ["user", "assistant"]
+        and all(m["role"] == "system" for m in c[:-2])
+    ]  # fmt: skip
+    if not pairs:
+        raise ValueError(f"The {name} files {list(files)} hold no single-turn conversations.")
+    prompts, references = map(list, zip(*pairs, strict=True))
+    report = evaluate_generation(model, prompts, references, batch_size=config.batch_size)
+    report.pop("outputs")
+    skipped = len(conversations) - len(pairs)
+    return {"split": name, "examples_scored": len(pairs), "multi_turn_skipped": skipped, **report}
 
 
 def _word_predictions(model, dataset, word_counts, names) -> list[np.ndarray]:

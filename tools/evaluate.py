@@ -5,7 +5,9 @@
 
 `run` scores a finished `tools/train.py` run on data it never trained on (see
 `tfllm.evaluation`): `report.json`, `confusion_matrix.png` and `per_class_f1.png` (labelled
-tasks) in `<run>/evaluation/`; perplexity against a unigram model for pretraining runs.
+tasks) in `<run>/evaluation/`; perplexity against a unigram model for pretraining runs;
+for `causal_lm_sft` runs, answers generated for the test prompts scored with BLEU, chrF,
+ROUGE and exact match (`report.md` shows examples).
 `demos` scores in-context demonstration selectors against random on Rotten Tomatoes
 (`tfllm.demonstrations`): `runs/demos/demos.json`, `--write` updates BENCHMARKS.md.
 """
