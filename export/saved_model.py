@@ -101,12 +101,13 @@ def build_endpoints(
                 f"minus one). Received: {max_new_tokens!r}"
             )
         sampler = get_sampler(sampler)  # fails early on a bad identifier
+        preprocessor = getattr(model, "preprocessor", None)  # start token, chat template
         if stop_token_ids is None:
-            eos = getattr(tokenizer, "eos_token_id", None)
+            eos = getattr(preprocessor or tokenizer, "eos_token_id", None)
             stop_token_ids = () if eos is None else (eos,)
         start_id = special_token_id(tokenizer, "bos_token_id", "cls_token_id")
         return signatures.generate_endpoints(
-            model, tokenizer, max_new_tokens, sampler, stop_token_ids, start_id
+            model, tokenizer, max_new_tokens, sampler, stop_token_ids, start_id, preprocessor
         )
     backbone = model if isinstance(model, BertBackbone) else getattr(model, "backbone", None)
     if not isinstance(backbone, BertBackbone):
@@ -203,9 +204,20 @@ def export_saved_model(
         The version folder.
 
     Example:
-    >>> export_saved_model("runs/sst", "exports")            # exports/sst/1/
+    >>> tokenizer = tfllm.tokenizers.WordPieceTokenizer(
+    ...     ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "fine", "film"])
+    >>> backbone = BertBackbone.from_preset("bert_tiny", vocabulary_size=7)
+    >>> classifier = TextClassifier(backbone, num_classes=2)
     >>> export_saved_model(classifier, "exports", "sentiment", tokenizer=tokenizer,
-    ...                    label_names=["negative", "positive"])
+    ...                    label_names=["negative", "positive"], validate=False)
+    PosixPath('exports/sentiment/1')
+    >>> reloaded = tf.saved_model.load("exports/sentiment/1")  # raw strings in
+    >>> outputs = reloaded.signatures["classify"](text=tf.constant(["a fine film"]))
+    >>> sorted(outputs)
+    ['classes', 'label_ids', 'labels', 'probabilities']
+    >>> outputs["classes"].numpy()
+    array([[b'negative', b'positive']], dtype=object)
+    >>> export_saved_model("runs/sst", "exports")  # a run folder: exports/sst/1/  # doctest: +SKIP
     """
     if isinstance(run_or_model, (str, os.PathLike)):
         if tokenizer is not None or sequence_length is not None:

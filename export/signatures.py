@@ -260,10 +260,19 @@ class RowSampler(Sampler):
         return tf.where(sampling, tf.gather(ids, choice, batch_dims=1), greedy)
 
 
-def _prompts(tokenizer, text, keep, start_id):
-    """Prompt ids `(B, P)` + mask: the last `keep` tokens; an empty prompt gets `start_id`."""
+def _prompts(tokenizer, text, keep, start_id, preprocessor=None, context=None):
+    """Prompt ids `(B, P)` + mask: the last `keep` tokens; an empty prompt gets `start_id`.
+
+    With a `CausalLMPreprocessor`, prompts are its `generate_preprocess` ids (`[BOS]`,
+    the chat template's user and assistant parts), as `CausalLM.generate` writes them.
+    """
     checks = [tf.debugging.assert_positive(tf.size(text), message="`text` must not be empty")]
-    ids = tokenizer.tokenize(text)  # (B, (n))
+    if preprocessor is not None:
+        x = preprocessor.generate_preprocess(text, sequence_length=context)
+        ids = tf.ragged.boolean_mask(x["token_ids"], x["padding_mask"] > 0)
+        start_id = None  # the preprocessor's start token is there already
+    else:
+        ids = tokenizer.tokenize(text)  # (B, (n))
     lengths = ids.row_lengths()
     if start_id is None:
         checks.append(tf.debugging.assert_positive(lengths, message="every prompt needs a token"))
@@ -291,20 +300,26 @@ def _generated(tokenizer, new_ids, new_mask, stop_token_ids, limit):
     }
 
 
-def generate_endpoints(model, tokenizer, max_new_tokens: int, sampler, stop_token_ids, start_id):
+def generate_endpoints(
+    model, tokenizer, max_new_tokens: int, sampler, stop_token_ids, start_id, preprocessor=None
+):
     """`generate(text)` with the export's settings, and `generate_with_options(...)`.
 
     Both continue each prompt as `tfllm.generation.generate` does (same decoding graph,
     KV cache inside), keeping the prompt's last tokens when it is too long for the
     context. `generate_with_options` takes per-row (or one-element) settings; each
     `max_new_tokens` is clipped to `[1, max_sequence_length - 1]`; each row samples
-    with its own seed (see `RowSampler`).
+    with its own seed (see `RowSampler`). With the model's `CausalLMPreprocessor` as
+    `preprocessor`, prompts are written as `CausalLM.generate` writes them (start token,
+    chat template).
     """
     context = model.backbone.max_sequence_length
     stops = tuple(stop_token_ids)
 
     def generate(text):
-        token_ids, mask = _prompts(tokenizer, text, context - max_new_tokens, start_id)
+        token_ids, mask = _prompts(
+            tokenizer, text, context - max_new_tokens, start_id, preprocessor, context
+        )
         new_ids, new_mask = decode(model, token_ids, mask, max_new_tokens, sampler, stops)
         limit = tf.fill(tf.shape(text), max_new_tokens)
         return _generated(tokenizer, new_ids, new_mask, stops, limit)
@@ -316,7 +331,9 @@ def generate_endpoints(model, tokenizer, max_new_tokens: int, sampler, stop_toke
         sampler = RowSampler(*(tf.broadcast_to(v, shape) for v in (temperature, top_k, top_p)))
         seed = tf.math.floormod(tf.broadcast_to(seed, shape), 2**62)
         seed = tf.cast(tf.stack([seed // 2**31, seed % 2**31], axis=1), tf.int32)  # (B, 2)
-        token_ids, mask = _prompts(tokenizer, text, context - steps, start_id)
+        token_ids, mask = _prompts(
+            tokenizer, text, context - steps, start_id, preprocessor, context
+        )
         new_ids, new_mask = decode(model, token_ids, mask, steps, sampler, stops, seed)
         return _generated(tokenizer, new_ids, new_mask, stops, limit)
 

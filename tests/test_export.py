@@ -286,3 +286,24 @@ def test_bad_arguments_fail_before_writing(tmp_path, tokenizer, bert, lm_export)
         tagger = TokenClassifier(bert, 2)
         export_saved_model(tagger, tmp_path, tokenizer=tokenizer, label_names=["O", "PER"])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_generate_signature_writes_prompts_as_the_task_does(tmp_path, tokenizer):
+    """A CausalLM with a preprocessor (start token, chat template) exports its `generate`."""
+    from tfllm.preprocessing import CausalLMPreprocessor, ChatTemplate
+
+    keras.utils.set_random_seed(3)
+    backbone = GPTBackbone.from_preset(
+        "gpt_tiny", vocabulary_size=len(VOCABULARY), max_sequence_length=32, dropout=0.0
+    )
+    template = ChatTemplate(user="{content} .", assistant="{content}")
+    preprocessor = CausalLMPreprocessor(tokenizer, 16, chat_template=template)
+    lm = CausalLM(backbone, preprocessor=preprocessor)
+    path = export_saved_model(lm, tmp_path, "chat", max_new_tokens=6, validate=False)
+    prompts = TEXTS[:2]
+    out = call(path, "generate", text=prompts)
+    expected = []
+    for prompt in prompts:  # the prompt's tokens (start token, template) + 6 new ones
+        length = int(preprocessor.generate_preprocess(prompt, 32)["padding_mask"].numpy().sum())
+        expected.append(lm.generate(prompt, max_length=length + 6, strip_prompt=True))
+    assert [text.decode() for text in out["text"]] == expected
