@@ -1,9 +1,18 @@
 """Server-side batching of concurrent requests, as TF Serving's `--enable_batching`.
 
 Example:
->>> batcher = Batcher(lambda x: {"y": x["x"] * 2}, max_batch_size=32, timeout_s=0.002,
-...                   num_threads=2)
->>> outputs = await batcher({"x": np.ones((3, 4))})  # merged with concurrent calls
+>>> import asyncio
+>>> batch_sizes = []
+>>> def double(inputs):  # the model call, in a worker thread
+...     batch_sizes.append(len(inputs["x"]))
+...     return {"y": inputs["x"] * 2}
+>>> batcher = Batcher(double, max_batch_size=32, timeout_s=0.002, num_threads=2)
+>>> async def two_requests():  # concurrent calls, as a server makes them
+...     return await asyncio.gather(batcher({"x": np.ones((3, 4))}),
+...                                 batcher({"x": np.ones((1, 4))}))
+>>> first, second = asyncio.run(two_requests())
+>>> first["y"].shape, second["y"].shape, batch_sizes  # merged into one batch of 4 rows
+((3, 4), (1, 4), [4])
 """
 
 import asyncio

@@ -4,9 +4,18 @@ The same runner times in-process signature calls and HTTP requests to a server, 
 two are measured alike. A call fails by raising; failures are counted, not retried.
 
 Example:
+>>> def call(i):  # an in-process call; a failure raises
+...     if i % 10 == 9:
+...         raise ValueError("bad input")
+>>> result = run_load(call, count=100, concurrency=4)
+>>> len(result.latencies_s), len(result.failures), result.percentile_ms(99) >= 0
+(90, 10, True)
+>>> bodies = [{"instances": ["a fine film"]}]
+>>> def check(i, answer):  # raise unless `answer` is right for `bodies[i]`
+...     assert len(answer["predictions"]) == 1
 >>> call = http_caller("http://127.0.0.1:8501/v1/models/m:predict", bodies, check)
->>> result = run_load(call, count=1000, concurrency=32)
->>> result.requests_per_s, result.percentile_ms(50), result.percentile_ms(99)
+>>> result = run_load(call, count=1000, concurrency=32)  # needs a server # doctest: +SKIP
+>>> result.requests_per_s, result.percentile_ms(50), result.percentile_ms(99)  # doctest: +SKIP
 """
 
 import dataclasses

@@ -10,7 +10,11 @@ prints the protos. A bad request raises `RequestError`, which the server sends a
 Example:
 >>> specs = {"text": tf.TensorSpec([None], tf.string)}
 >>> inputs, row_format = parse_predict({"instances": ["a b", {"b64": "Yw=="}]}, specs, 8)
->>> inputs["text"]  # array([b'a b', b'c'], dtype=object)
+>>> inputs["text"], row_format
+(array([b'a b', b'c'], dtype=object), True)
+>>> outputs = {"label": np.array([1, 0]), "scores": np.array([[0.25, 0.75], [0.5, 0.5]])}
+>>> format_predict(outputs, row_format)  # one prediction per instance
+{'predictions': [{'label': 1, 'scores': [0.25, 0.75]}, {'label': 0, 'scores': [0.5, 0.5]}]}
 """
 
 import base64

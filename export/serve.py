@@ -22,9 +22,20 @@ and the server keeps serving. `tensorflow_text` is imported here: exported model
 ops, which must be registered before `tf.saved_model.load`.
 
 Example:
->>> with ModelServer([ModelConfig("classifier", "exports/classifier")]) as server:
+>>> import json
+>>> import urllib.request
+>>> class Doubler(tf.Module):  # any SavedModel; `export_saved_model` writes tfllm's
+...     @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+...     def double(self, x):
+...         return {"y": 2 * x}
+>>> module = Doubler()
+>>> tf.saved_model.save(module, "exports/doubler/1", signatures={"serving_default": module.double})
+>>> with ModelServer([ModelConfig("doubler", "exports/doubler")]) as server:
 ...     url = server.start()  # http://127.0.0.1:<free port>
-...     # POST {url}/v1/models/classifier:predict  {"instances": ["a fine film"]}
+...     body = json.dumps({"instances": [1.0, 2.5]}).encode()
+...     request = urllib.request.Request(f"{url}/v1/models/doubler:predict", body)
+...     json.loads(urllib.request.urlopen(request).read())
+{'predictions': [2.0, 5.0]}
 """
 
 import dataclasses
