@@ -70,7 +70,9 @@ class CleanConfig:
     """Cleaning switches and thresholds (`None`/`False` turns a rule off).
 
     Example:
-        >>> CleanConfig(languages=("en",), c4_min_sentences=None)
+        >>> config = CleanConfig(languages=("en",), c4_min_sentences=None)
+        >>> config.gopher_min_words, config.c4_min_sentences
+        (50, None)
     """
 
     scrub_pii: bool = True
@@ -355,7 +357,17 @@ def clean_text(text: str, **filters) -> str | None:
     """The cleaned `text`, or `None` if a filter drops it; `filters` are `CleanConfig` fields.
 
     Example:
+        >>> article = (
+        ...     "Write to jane@example.com with questions. The city council met on Monday to "
+        ...     "discuss the new budget for schools. Teachers asked for more money to repair old "
+        ...     "buildings and buy books. The mayor said that the plan would be ready by the end "
+        ...     "of the month. Several parents spoke for longer library hours. A vote is "
+        ...     "expected next year."
+        ... )
         >>> clean_text(article, languages=("en",), c4_min_sentences=5)
+        'Write to <EMAIL> with questions. The city council met on Monday to discuss ...'
+        >>> clean_text(article, c4_min_sentences=10) is None  # fewer sentences than that
+        True
     """
     cleaned, reason, _ = clean_document(text, CleanConfig.from_dict(filters))
     return None if reason else cleaned

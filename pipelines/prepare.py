@@ -1,4 +1,4 @@
-"""The data pipeline on Apache Beam: collect -> clean -> decontaminate -> dedup -> shard + report.
+r"""The data pipeline on Apache Beam: collect -> clean -> decontaminate -> dedup -> shard + report.
 
 One `PrepareConfig` describes a run; `build_pipeline` adds the stages to a Beam pipeline,
 so the same code runs on the local runner (in-process, or multi-process with
@@ -9,8 +9,14 @@ read) and `report/` (JSON + HTML + PNG). Beam counters (`collect/records`,
 `clean/kept`, ...) report progress.
 
 Example:
-    >>> config = PrepareConfig(inputs=("corpus/",), output="data/prepared")
+    >>> from pathlib import Path
+    >>> lee = (tfllm.assets.gensim_test_data_path() / "lee_background.cor").read_text()
+    >>> news = lee.splitlines()[:20]  # one news article per line
+    >>> Path("corpus").mkdir()
+    >>> _ = Path("corpus/news.txt").write_text("\n".join(news + news[:2]))  # 2 repeated
+    >>> config = PrepareConfig(inputs=("corpus/",), output="data/prepared", text_unit="line")
     >>> run_prepare(config, ["--runner=DirectRunner", "--direct_num_workers=2"])
+    {'clean/kept': 22, 'collect/problems': 0, 'collect/records': 22, 'dedup/exact_duplicates': 2}
 """
 
 import dataclasses

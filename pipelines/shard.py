@@ -7,8 +7,12 @@ JSONL shards hold the records (`{"id", "text", "source", ...}`, read with
 feature, as `pipelines.datasets.write_tfrecords` writes them (`data_format="tfrecord"`).
 
 Example:
-    >>> write_shards(records, "data/shards", validation_fraction=0.05, num_shards=4)
-    {'train': [...4 paths], 'validation': [...]}
+    >>> records = [{"id": str(i), "text": f"document {i}"} for i in range(100)]
+    >>> write_shards(records, "data/shards", validation_fraction=0.05, num_shards=2)
+    {'train': ['data/shards/train-00000-of-00002.jsonl', 'data/shards/train-00001-of-00002.jsonl'],
+     'validation': ['data/shards/validation-00000-of-00002.jsonl', ...]}
+    >>> [split_of(r["id"], 0.05) for r in records].count("validation")  # the same every run
+    4
 """
 
 import contextlib

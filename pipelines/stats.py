@@ -8,10 +8,18 @@ the words of `pipelines.dedup.word_hashes` (letter/digit runs; each CJK characte
 hashed with process-independent hashes so that accumulators from several workers merge.
 
 Example:
+    >>> records = [{"text": "a cat sat", "language": "en"}, {"text": "a cat sat"},
+    ...            {"text": "le chat", "language": "fr"}]
     >>> stats = CorpusStats()
     >>> for record in records:
-    ...     stats.add(record)
-    >>> stats.result()["documents"]
+    ...     _ = stats.add(record)
+    >>> report = stats.result()
+    >>> report["documents"], report["tokens"], report["exact_duplicate_rate"]
+    (3, 8, 0.333...)
+    >>> report["languages"]
+    {'en': 1, 'unknown': 1, 'fr': 1}
+    >>> CorpusStats().add(records[0]).merge(stats).result()["documents"]  # as Beam combines
+    4
 """
 
 import html
