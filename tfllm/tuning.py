@@ -21,7 +21,12 @@ put into `model_overrides`).
 Example:
 >>> base = RunConfig(steps=200, search_space={"learning_rate": {"min": 1e-4, "max": 1e-2,
 ...     "sampling": "log"}, "num_layers": [1, 2], "optimizer": ["adamw", "lamb"]})
->>> result = tune(base, "tuning/gpt", tuner="bayesian", objective="val_perplexity")
+>>> parse_search_space(base)["num_layers"]  # checked before the first trial
+{'type': 'int', 'values': [1, 2]}
+>>> trial = apply_values(base, {"learning_rate": 3e-3, "num_layers": 1})  # what a trial trains
+>>> trial.learning_rate, trial.model_overrides
+(0.003, {'num_layers': 1})
+>>> best = tune(base, "tuning/gpt", tuner="bayesian", objective="val_perplexity")  # doctest: +SKIP
 """
 
 import csv

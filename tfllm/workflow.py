@@ -1,4 +1,4 @@
-"""Multi-stage jobs whose stages are skipped while their outputs are up to date.
+r"""Multi-stage jobs whose stages are skipped while their outputs are up to date.
 
 A `Stage` runs from one JSON config file, written to `<root>/configs/<name>.json` so the
 stage can also be rerun alone with its own tool. After a stage succeeds, a stamp
@@ -9,9 +9,26 @@ config, or any rerun upstream, reruns everything downstream. `force` reruns the 
 named (or all).
 
 Example:
->>> stages = [Stage("data", {...}, run_data, outputs=("data/train-00000-of-00001.jsonl",)),
-...           Stage("gpt", {...}, run_train, outputs=("gpt/model.keras",), after=("data",))]
->>> summaries = run_stages(stages, "runs/demo")
+>>> import json
+>>> from pathlib import Path
+>>> def run_data(config_path):  # a stage reads its config file and writes its outputs
+...     lines = json.loads(Path(config_path).read_text())["lines"]
+...     Path("runs/demo/data").mkdir(exist_ok=True)
+...     Path("runs/demo/data/train.txt").write_text("a b\n" * lines)
+...     return {"lines": lines}
+>>> def run_count(config_path):
+...     return {"words": len(Path("runs/demo/data/train.txt").read_text().split())}
+>>> stages = [Stage("data", {"lines": 3}, run_data, outputs=("data/train.txt",)),
+...           Stage("count", {}, run_count, after=("data",))]
+>>> run_stages(stages, "runs/demo")
+[data] running from runs/demo/configs/data.json
+[data] done in ... s
+[count] running from runs/demo/configs/count.json
+[count] done in ... s
+{'data': {'lines': 3}, 'count': {'words': 6}}
+>>> summaries = run_stages(stages, "runs/demo")  # nothing changed: both skipped
+[data] up to date, skipped (runs/demo/configs/data.json)
+[count] up to date, skipped (runs/demo/configs/count.json)
 """
 
 import dataclasses

@@ -9,8 +9,11 @@ Prompts: `PromptBuilder` (templates, token budget), `few_shot` with any text gen
 
 Example:
 >>> from tfllm.demonstrations import KNNSelector, minilm_encoder
->>> selector = KNNSelector(minilm_encoder(), pool_texts, pool_labels)
->>> selector.select(["a gripping thriller"], k=4)
+>>> pool_texts = ["a warm family comedy", "a gripping crime thriller", "a charming romance",
+...               "a tense spy thriller"]
+>>> selector = KNNSelector(minilm_encoder(), pool_texts, pool_labels=[1, 1, 1, 0])
+>>> selector.select(["an exciting thriller"], k=2)  # the most similar one last
+[[3, 1]]
 """
 
 from tfllm.demonstrations.embeddings import SentenceEncoder, embed_pool, top_k_similar

@@ -12,8 +12,12 @@ Example:
 >>> path = assets.minilm_path()
 >>> backbone = BertBackbone.from_huggingface(path)
 >>> encoder = SentenceEncoder(backbone, WordPieceTokenizer(path / "vocab.txt"))
->>> embeddings = embed_pool(encoder, ["a fine film", "dull and long"])  # (2, 384)
+>>> embeddings = embed_pool(encoder, ["a fine film", "dull and long"])  # cached on disk
+>>> embeddings.shape
+(2, 384)
 >>> indices, scores = top_k_similar(encoder(["a great movie"]), embeddings, k=1)
+>>> indices  # "a fine film"
+array([[0]])
 """
 
 import hashlib
@@ -53,8 +57,14 @@ class SentenceEncoder:
         batch_size: texts per forward pass.
 
     Example:
+    >>> from tfllm.models import BertBackbone
+    >>> tokenizer = tfllm.tokenizers.WordPieceTokenizer(
+    ...     ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "fine", "film", "dull"])
+    >>> backbone = BertBackbone.from_preset("bert_tiny", vocabulary_size=8)
     >>> encoder = SentenceEncoder(backbone, tokenizer, sequence_length=128)
-    >>> encoder(["a fine film", "dull"]).shape  # (2, hidden_dim)
+    >>> embeddings = encoder(["a fine film", "dull"])
+    >>> embeddings.shape, np.linalg.norm(embeddings, axis=1).round(4)  # (2, hidden_dim), unit
+    ((2, 64), array([1., 1.], dtype=float32))
     """
 
     def __init__(self, backbone, tokenizer, sequence_length: int = 128, batch_size: int = 64):

@@ -8,8 +8,16 @@ among the selected: diversity), `distinct_labels` (per query), `coverage` (disti
 examples used / slots) and `seconds` (selection time for all queries).
 
 Example:
->>> report = evaluate_demonstrations("rotten_tomatoes", pool_size=2000, num_queries=200, k=8)
->>> report["selectors"]["knn"]["label_agreement"]
+>>> words = ["good", "bad", "great", "dull", "fun", "boring", "best", "worst"]
+>>> def encoder(texts):  # a stand-in for the default, all-MiniLM-L6-v2: word counts
+...     counts = np.array([[text.lower().count(w) for w in words] for text in texts], "float32")
+...     return counts / np.maximum(np.linalg.norm(counts, axis=1, keepdims=True), 1.0)
+>>> report = evaluate_demonstrations(
+...     "rotten_tomatoes", pool_size=200, num_queries=20, k=4, budget=20, encoder=encoder)
+>>> list(report["selectors"])
+['random', 'balanced', 'bm25', 'knn', 'mmr', 'vote_k']
+>>> report["selectors"]["bm25"]["label_agreement"], report["selectors"]["random"]["label_agreement"]
+(0.65, 0.5875)
 """
 
 import json

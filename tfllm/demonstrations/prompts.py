@@ -7,9 +7,16 @@ model's tfllm tokenizer). `few_shot` runs selection, prompt building and any
 `CausalLM`) or `signature_generator` (an exported SavedModel's `generate`).
 
 Example:
->>> builder = PromptBuilder(tokenizer, max_tokens=256, label_names=["negative", "positive"])
+>>> from tfllm.demonstrations import BM25Selector
+>>> words = "review : sentiment negative positive a gem of film dull and long".split()
+>>> tokenizer = tfllm.tokenizers.WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + words)
+>>> lm = CausalLM(GPTBackbone.from_preset("gpt_tiny", vocabulary_size=len(words) + 4))
+>>> builder = PromptBuilder(tokenizer, max_tokens=64, label_names=["negative", "positive"])
 >>> generate = causal_lm_generator(lm, tokenizer, max_new_tokens=2)
->>> few_shot(generate, KNNSelector(encoder, texts, labels), builder, ["a gem"], k=4)
+>>> selector = BM25Selector(["a gem of a film", "dull and long"], [1, 0])
+>>> answers = few_shot(generate, selector, builder, ["a gem"], k=2)  # untrained: any words
+>>> len(answers), type(answers[0]).__name__
+(1, 'str')
 """
 
 import string
@@ -49,15 +56,26 @@ class PromptBuilder:
         label_names: names shown for int labels (`label_names[label]`); `None`: `str(label)`.
 
     Example:
+    >>> words = "[PAD] [UNK] [CLS] [SEP] review : sentiment rotten fresh a gem dull moving".split()
+    >>> tokenizer = tfllm.tokenizers.WordPieceTokenizer(words)
     >>> builder = PromptBuilder(tokenizer, 128, label_names=["rotten", "fresh"])
     >>> prompt = builder.build("a gem", [("dull", 0), ("moving", 1)], usefulness=[0.2, 0.7])
-    >>> print(prompt)  # "moving" is dropped first when over budget
+    >>> print(prompt)
     Review: dull
     Sentiment: rotten
-
+    <BLANKLINE>
     Review: moving
     Sentiment: fresh
-
+    <BLANKLINE>
+    Review: a gem
+    Sentiment:
+    >>> builder.count_tokens([prompt])
+    [18]
+    >>> small = PromptBuilder(tokenizer, 14, label_names=["rotten", "fresh"])
+    >>> print(small.build("a gem", [("dull", 0), ("moving", 1)], usefulness=[0.2, 0.7]))
+    Review: moving
+    Sentiment: fresh
+    <BLANKLINE>
     Review: a gem
     Sentiment:
     """

@@ -6,9 +6,17 @@ everything before them, and the candidate with the highest log-likelihood is the
 Nothing is generated, so the answer is always one of the labels.
 
 Example:
->>> builder = PromptBuilder(tokenizer, 200, label_names=["negative", "positive"])
->>> scores = few_shot_label_scores(lm, tokenizer, KNNSelector(...), builder, ["a gem"], k=4)
->>> scores["predictions"], scores["probabilities"]
+>>> from tfllm.demonstrations import BM25Selector
+>>> words = "review : sentiment negative positive a gem of film dull and long".split()
+>>> tokenizer = tfllm.tokenizers.WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + words)
+>>> lm = CausalLM(GPTBackbone.from_preset("gpt_tiny", vocabulary_size=len(words) + 4))
+>>> builder = PromptBuilder(tokenizer, 64, label_names=["negative", "positive"])
+>>> selector = BM25Selector(["a gem of a film", "dull and long"], [1, 0])
+>>> scores = few_shot_label_scores(lm, tokenizer, selector, builder, ["a gem"], k=2)
+>>> scores["predictions"].shape, scores["probabilities"].shape  # a label id per query
+((1,), (1, 2))
+>>> float(scores["probabilities"].sum())
+1.0
 """
 
 from collections.abc import Sequence
@@ -86,7 +94,9 @@ def score_label_words(
             `max_sequence_length`.
 
     Example:
-    >>> lm = CausalLM(GPTBackbone.from_preset("gpt_tiny", vocabulary_size=15))
+    >>> words = "[PAD] [UNK] [CLS] [SEP] good film is neg pos".split()
+    >>> tokenizer = tfllm.tokenizers.WordPieceTokenizer(words)
+    >>> lm = CausalLM(GPTBackbone.from_preset("gpt_tiny", vocabulary_size=9))
     >>> scores = score_label_words(lm, tokenizer, ["good film is"], ["neg", "pos"])
     >>> scores["probabilities"].shape, scores["predictions"].shape
     ((1, 2), (1,))

@@ -11,8 +11,17 @@ similar example last, next to the query (Liu et al. 2022, KATE, found this best)
 order they were picked in).
 
 Example:
+>>> pool_texts = ["a tense thriller", "a warm comedy", "a gripping, tense thriller", "a dull drama"]
+>>> pool_labels = [1, 1, 1, 0]
+>>> words = ["tense", "thriller", "comedy", "gripping", "dull"]
+>>> def encoder(texts):  # any callable: strings -> (N, D) array; here word counts
+...     return np.array([[text.count(word) for word in words] for text in texts], "float32")
 >>> selector = KNNSelector(encoder, pool_texts, pool_labels)
->>> selector.select(["a gripping thriller"], k=4)  # [[12, 7, 40, 3]]
+>>> selector.select(["a gripping thriller"], k=2)  # the most similar one last
+[[0, 2]]
+>>> KNNSelector(encoder, pool_texts, pool_labels, order="retrieved").select(
+...     ["a gripping thriller"], k=2)
+[[2, 0]]
 """
 
 from collections.abc import Sequence

@@ -29,8 +29,15 @@ class BertPreprocessor(SegmentPreprocessor):
         each int32 `(B, sequence_length)`; `(x, y)` or `(x, y, sample_weight)` when given.
 
     Example:
-    >>> preprocessor = BertPreprocessor(tokenizer, sequence_length=128)
+    >>> vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "cat", "sat"]
+    >>> preprocessor = BertPreprocessor(tfllm.tokenizers.WordPieceTokenizer(vocabulary), 8)
+    >>> preprocessor("a cat sat")["token_ids"]  # [CLS] a cat sat [SEP] [PAD]...
+    <tf.Tensor: shape=(8,), dtype=int32, numpy=array([2, 4, 5, 6, 3, 0, 0, 0], dtype=int32)>
+    >>> dataset = tf.data.Dataset.from_tensor_slices(((["a cat", "sat"], ["cat sat", "a"]), [1, 0]))
     >>> dataset = dataset.batch(32).map(preprocessor)  # ((premise, hypothesis), label)
+    >>> x, y = next(iter(dataset))
+    >>> x["token_ids"][0].numpy().tolist(), x["segment_ids"][0].numpy().tolist()
+    ([2, 4, 5, 3, 5, 6, 3, 0], [0, 0, 0, 0, 1, 1, 1, 0])
     """
 
     def call(self, x, y=None, sample_weight=None):
@@ -78,9 +85,16 @@ class MaskedLMPreprocessor(SegmentPreprocessor):
         `sample_weight = {"mlm": (B, P), "nsp": (B,) ones or the given weights}`.
 
     Example:
-    >>> preprocessor = MaskedLMPreprocessor(tokenizer, sequence_length=128)
+    >>> tokenizer = tfllm.tokenizers.WordPieceTokenizer(
+    ...     ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "cat", "sat"])
+    >>> preprocessor = MaskedLMPreprocessor(tokenizer, 8, max_predictions_per_seq=2, seed=0)
+    >>> texts = tf.data.Dataset.from_tensor_slices(["a cat sat", "the cat"])
     >>> dataset = texts.batch(32).map(preprocessor, num_parallel_calls=tf.data.AUTOTUNE)
     >>> x, y, sample_weight = next(iter(dataset))
+    >>> sorted(x), tuple(y.shape)  # y: the ids at `mask_positions`
+    (['mask_positions', 'padding_mask', 'segment_ids', 'token_ids'], (2, 2))
+    >>> sample_weight.numpy().tolist()  # ceil(0.15 * 3) = 1 prediction per row
+    [[1.0, 0.0], [1.0, 0.0]]
     """
 
     def __init__(

@@ -41,7 +41,7 @@ def _sentence_stream(documents: tf.data.Dataset) -> tf.data.Dataset:
 def nsp_pairs(
     documents: tf.data.Dataset, seed: int | None = None, buffer_size: int = 10_000
 ) -> tf.data.Dataset:
-    """Sentence pairs with a 50% chance that the second one is random, as in BERT.
+    r"""Sentence pairs with a 50% chance that the second one is random, as in BERT.
 
     For every two consecutive sentences `(a, b)` of a document, a coin decides whether
     `b` is kept (`is_random_next = 0`) or replaced by a random sentence
@@ -66,8 +66,18 @@ def nsp_pairs(
         `(x, {"mlm": ids, "nsp": is_random_next}, {"mlm": weights, "nsp": 1.0})`.
 
     Example:
+    >>> from pathlib import Path
+    >>> lines = ["A cat sat.", "It purred.", "It slept.", "", "Dogs bark.", "Loudly."]
+    >>> _ = Path("sentences.txt").write_text("\n".join(lines))  # two documents
     >>> pairs = nsp_pairs(tf.data.TextLineDataset("sentences.txt"), seed=1)
-    >>> dataset = pairs.batch(32).map(MaskedLMPreprocessor(tokenizer, 128))
+    >>> [a.decode() for (a, b), _ in pairs.as_numpy_iterator()]  # b: next, or random
+    ['A cat sat.', 'It purred.', 'Dogs bark.']
+    >>> tokenizer = tfllm.tokenizers.WordPieceTokenizer(
+    ...     ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "cat", "sat", "."])
+    >>> dataset = pairs.batch(32).map(tfllm.preprocessing.MaskedLMPreprocessor(tokenizer, 16))
+    >>> x, y, sample_weight = dataset.element_spec  # every pass draws new pairs and masks
+    >>> sorted(y), sorted(sample_weight)
+    (['mlm', 'nsp'], ['mlm', 'nsp'])
     """
     sentences = _sentence_stream(documents)
 

@@ -33,8 +33,18 @@ class TokenClassificationPreprocessor(SegmentPreprocessor):
         `(B, sequence_length)`.
 
     Example:
-    >>> preprocessor = TokenClassificationPreprocessor(tokenizer, 128, ["O", "B-loc"])
-    >>> dataset = wnut.ragged_batch(32).map(preprocessor)  # (words, tags) per sentence
+    >>> tokenizer = tfllm.tokenizers.WordPieceTokenizer(
+    ...     ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "to", "new", "york", "##er"])
+    >>> preprocessor = TokenClassificationPreprocessor(tokenizer, 8, ["O", "B-loc", "I-loc"])
+    >>> words = tf.ragged.constant([["to", "new", "yorker"], ["york"]])
+    >>> tags = tf.ragged.constant([["O", "B-loc", "I-loc"], ["B-loc"]])
+    >>> dataset = tf.data.Dataset.from_tensor_slices((words, tags))
+    >>> dataset = dataset.ragged_batch(32).map(preprocessor)  # (words, tags) per sentence
+    >>> x, labels, sample_weight = next(iter(dataset))
+    >>> x["token_ids"][0].numpy().tolist()  # [CLS] to new york ##er [SEP] [PAD] [PAD]
+    [2, 4, 5, 6, 7, 3, 0, 0]
+    >>> labels[0].numpy().tolist(), sample_weight[0].numpy().tolist()  # on first pieces
+    ([0, 0, 1, 2, 0, 0, 0, 0], [0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0])
     """
 
     def __init__(self, tokenizer, sequence_length: int, label_names, **kwargs):

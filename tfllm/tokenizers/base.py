@@ -64,9 +64,13 @@ class Tokenizer(keras.layers.Layer):
     Invalid UTF-8 in the input is replaced by U+FFFD before tokenizing.
 
     Example:
-    >>> tokenizer.tokenize("a sentence")        # 1-D int32 tensor
+    >>> tokenizer = tfllm.tokenizers.WordPieceTokenizer(["[UNK]", "a", "one", "two", "more"])
+    >>> tokenizer.tokenize("a sentence")  # 1-D int32 tensor
+    <tf.Tensor: shape=(2,), dtype=int32, numpy=array([1, 0], dtype=int32)>
     >>> tokenizer.tokenize(["one", "two more"])  # RaggedTensor (2, None)
-    >>> tokenizer.detokenize(tokenizer.tokenize(["one"]))
+    <tf.RaggedTensor [[2], [3, 4]]>
+    >>> tokenizer.detokenize(tokenizer.tokenize(["one", "two more"]))
+    <tf.Tensor: shape=(2,), dtype=string, numpy=array([b'one', b'two more'], dtype=object)>
     """
 
     def __init__(self, **kwargs):

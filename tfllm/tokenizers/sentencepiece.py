@@ -68,8 +68,12 @@ class SentencePieceTokenizer(Tokenizer):
     `eos_token_id`, `pad_token_id`.
 
     Example:
-    >>> tokenizer = SentencePieceTokenizer("spm.model")
-    >>> tokenizer.detokenize(tokenizer.tokenize(["Hello world"]))  # [b"Hello world"]
+    >>> folder = tfllm.assets.sentencepiece_test_path()  # from the sentencepiece sdist
+    >>> tokenizer = SentencePieceTokenizer(folder / "botchan_en_unigram_1000.model")
+    >>> tokenizer.tokenize(["Hello world"])
+    <tf.RaggedTensor [[151, 88, 21, 887]]>
+    >>> tokenizer.detokenize(tokenizer.tokenize(["Hello world"])).numpy()
+    array([b'Hello world'], dtype=object)
     """
 
     def __init__(self, proto, add_bos: bool = False, add_eos: bool = False, **kwargs):

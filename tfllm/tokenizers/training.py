@@ -72,6 +72,10 @@ def train_wordpiece(
 
     Example:
     >>> tokenizer = train_wordpiece(["some text", "more text"], vocabulary_size=200)
+    >>> tokenizer.vocabulary[:6]  # the special tokens, then the pieces in sorted order
+    ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', '##e']
+    >>> tokenizer.detokenize(tokenizer.tokenize("More text")).numpy()
+    b'more text'
     """
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
