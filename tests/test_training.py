@@ -1,5 +1,6 @@
 """Training loop: schedule, optimizer, resume after a kill, Mirrored and multi-worker runs."""
 
+import collections
 import json
 import os
 import signal
@@ -280,3 +281,33 @@ def test_two_worker_processes_end_with_identical_weights(tmp_path):
     assert _max_diff(first, second) == 0.0
     assert (tmp_path / "checkpoints" / "ckpt-6.index").exists()
     assert not list((tmp_path / "checkpoints").glob(".worker-*"))
+
+
+def test_train_and_test_steps_are_traced_once_and_validation_read_once(tmp_path):
+    strategy = tf.distribute.get_strategy()
+    model = train_tiny.build(strategy, total_steps=8)
+    traces = collections.Counter()
+    for name in ("train_step", "test_step"):
+        original = getattr(model, name)
+
+        def counted(data, name=name, original=original):  # runs once per trace
+            traces[name] += 1
+            return original(data)
+
+        setattr(model, name, counted)
+    reads = tf.Variable(0)
+
+    def validation_fn(context):
+        def count(*batch):
+            reads.assign_add(1)
+            return batch
+
+        return train_tiny.dataset_fn(context).map(count)
+
+    trainer = Trainer(model, strategy, tmp_path, steps=8, checkpoint_every=3, log_every=2,
+                      verbose=False)  # fmt: skip
+    history = trainer.fit(train_tiny.dataset_fn, validation_data=validation_fn, validation_steps=2)
+    assert history["step"] == [2, 4, 6, 8] and len(history["val_loss"]) == 4
+    assert traces == {"train_step": 1, "test_step": 1}
+    assert int(reads.numpy()) == 2  # the validation batches were cached after the first pass
+    assert history["val_loss"][-1] == pytest.approx(trainer.evaluate(validation_fn, 2)["loss"])
