@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from pipelines.datasets import shuffled_epochs
 from tfllm import assets
 
 SENTIMENT_LABELS = ("negative", "positive")
@@ -238,7 +239,9 @@ def token_classification_dataset(
 def _batched(dataset, preprocessor, batch_size, seed, ragged=False):
     training = seed is not None
     if training:
-        dataset = dataset.shuffle(dataset.cardinality(), seed=seed).repeat()
+        # Every iterator sees the same order (`shuffle(seed).repeat()` gives each new one
+        # another): `fit` under MirroredStrategy reads the same batches as on one device.
+        dataset = shuffled_epochs(dataset, dataset.cardinality(), seed)
     if ragged:
         dataset = dataset.ragged_batch(batch_size, drop_remainder=training)
     else:

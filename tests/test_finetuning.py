@@ -22,7 +22,7 @@ from tfllm.finetuning import (
 from tfllm.models import BertBackbone, GPTBackbone, MaskedLM, TextClassifier, TokenClassifier
 from tfllm.preprocessing import BertPreprocessor, TokenClassificationPreprocessor
 from tfllm.tokenizers import WordPieceTokenizer, save_tokenizer
-from tfllm.training import LayerwiseAdamW, make_optimizer
+from tfllm.training import LayerwiseAdamW, make_optimizer, make_strategy
 from tools import train
 
 FILLER = ["the", "a", "of", "movie", "film", "story", "plot", "actor", "scene", "time", "day",
@@ -300,6 +300,24 @@ def test_early_stopping_stops_after_patience(files):
     config = finetune_config(files, learning_rate=1e-9, steps=200, early_stopping_patience=1)
     summary = finetune(config, verbose=False)
     assert summary["steps"] == 40 and summary["best_step"] == 20  # no improvement after 20
+
+
+@pytest.mark.parametrize("init_from", [False, True], ids=["new", "pretrained"])
+def test_mirrored_finetuning_equals_one_device(files, tmp_path, init_from):
+    """Two replicas (the two logical CPUs) take the same steps as one device."""
+    assert make_strategy("mirrored").num_replicas_in_sync == 2
+    changes = dict(steps=4, log_every=4, warmup_steps=2, model_overrides={"dropout": 0.0},
+                   max_train_examples=64)  # fmt: skip
+    if init_from:
+        backbone = tiny_bert()
+        backbone.save(tmp_path / "backbone.keras")
+        changes["init_from"] = str(tmp_path / "backbone.keras")
+    weights = []
+    for strategy in ("default", "mirrored"):
+        finetune(finetune_config(files, strategy=strategy, name=strategy, **changes), verbose=False)
+        model = keras.saving.load_model(files / "runs" / strategy / "model.keras")
+        weights.append(model.get_weights())
+    assert max(float(np.abs(a - b).max()) for a, b in zip(*weights, strict=True)) < 1e-5
 
 
 def test_tools_train_finetunes_from_a_run_dir(files):

@@ -79,7 +79,8 @@ def load_starting_point(
 
 
 def build_backbone(config: RunConfig) -> tuple[BertBackbone, Tokenizer]:
-    """The starting backbone of `config`, rebuilt with `model_overrides` and `precision`."""
+    """The starting backbone of `config`, rebuilt with `model_overrides` and `precision`
+    (call inside `strategy.scope()`)."""
     if config.init_from:
         source, tokenizer = load_starting_point(
             config.init_from, config.tokenizer_path, config.tokenizer
@@ -154,17 +155,22 @@ def layerwise_learning_rate_multipliers(model: keras.Model, decay: float) -> dic
 
 
 def build_task(config: RunConfig, backbone: BertBackbone, label_names) -> tuple[keras.Model, str]:
-    """The compiled task model (call inside `strategy.scope()`) and its validation monitor."""
+    """The compiled task model (call inside `strategy.scope()`) and its validation monitor.
+
+    The head's dropout is the backbone's (`model_overrides={"dropout": ...}` sets both).
+    """
     loss = SparseCategoricalCrossentropy()
     accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
     if config.task == "classification":
-        model = TextClassifier(backbone, len(label_names), pooling=config.pooling)
+        model = TextClassifier(
+            backbone, len(label_names), pooling=config.pooling, dropout=backbone.dropout
+        )
         metrics = dict(
             metrics=[accuracy, PrecisionRecallF1(len(label_names), "macro", name="macro_f1")]
         )
         monitor = "val_accuracy"
     else:
-        model = TokenClassifier(backbone, len(label_names))
+        model = TokenClassifier(backbone, len(label_names), dropout=backbone.dropout)
         # Weighted: only the first piece of each word has a label (sample_weight 1).
         metrics = dict(weighted_metrics=[accuracy, EntityF1(list(label_names))])
         monitor = "val_entity_f1"
@@ -249,8 +255,8 @@ def finetune(config: RunConfig, verbose: bool = True) -> dict:
 def _finetune(config: RunConfig, data: labelled.LabelledData, verbose: bool) -> dict:
     strategy = make_strategy(config.strategy)
     keras.utils.set_random_seed(config.seed)
-    backbone, tokenizer = build_backbone(config)
-    with strategy.scope():
+    with strategy.scope():  # every variable mirrored, the backbone's included
+        backbone, tokenizer = build_backbone(config)
         model, monitor = build_task(config, backbone, data.label_names)
     run_dir = config.run_dir
     config.save(run_dir / "config.json")
