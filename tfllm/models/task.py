@@ -3,7 +3,9 @@
 With a `preprocessor` attached, `fit`, `evaluate` and `predict` take raw inputs (strings,
 pairs of strings, lists of words) as Python lists, numpy arrays or a batched
 `tf.data.Dataset`, and preprocess them inside tf.data (`map`, `AUTOTUNE`). With
-`preprocessor=None` they take the model's token dicts, as plain Keras models do.
+`preprocessor=None` they take the model's token dicts, as plain Keras models do; token
+dicts (a dict with `token_ids`, or a dataset of them) also pass through unchanged when a
+preprocessor is attached.
 
 A task compiles itself with defaults when built (`compile()` with no arguments: AdamW,
 the task's loss and accuracy), so `fit` works right away; `compile(...)` again to change.
@@ -20,7 +22,7 @@ import tensorflow as tf
 from tfllm.losses import SparseCategoricalCrossentropy
 from tfllm.models.preset_io import read_preset, save_preset
 from tfllm.models.presets import PRESETS
-from tfllm.models.task_inputs import holds_strings, split, to_dataset
+from tfllm.models.task_inputs import holds_strings, is_token_dict, split, to_dataset
 from tfllm.preprocessing import MaskedLMPreprocessor, Preprocessor
 from tfllm.training import AdamW
 
@@ -250,10 +252,18 @@ class Task(keras.Model):
             optimizer=optimizer, loss=loss, metrics=metrics, weighted_metrics=weighted_metrics, **kw
         )
 
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config:  # whether the optimizer has state to save (a task compiles when built)
+            config["optimizer_built"] = bool(self.optimizer.built)
+        return config
+
     def compile_from_config(self, config):
         """Compiles with the `compile()` arguments that a `.keras` file saved."""
+        config = dict(config)
+        built = config.pop("optimizer_built", True)
         self.compile(**keras.saving.deserialize_keras_object(config))
-        if self.built:  # optimizer variables, so that the saved ones load into them
+        if self.built and built:  # optimizer variables, so that the saved ones load into them
             self.optimizer.build(self.trainable_variables)
 
     # --- Raw inputs ---------------------------------------------------------------------------
@@ -263,7 +273,7 @@ class Task(keras.Model):
         return self.preprocessor(x, y, sample_weight)
 
     def _refuse_strings(self, data, argument: str) -> None:
-        if holds_strings(data):
+        if self.preprocessor is None and holds_strings(data):
             raise ValueError(
                 f"`{argument}` holds strings, but this {type(self).__name__} has no "
                 f"`preprocessor`: attach one (`{type(self).__name__}(backbone, ..., "
@@ -299,7 +309,7 @@ class Task(keras.Model):
         """
         if not self.compiled:
             self.compile()
-        if self.preprocessor is None:
+        if self.preprocessor is None or is_token_dict(x):
             self._refuse_strings(x, "x")
             return super().fit(
                 x=x,
@@ -338,9 +348,8 @@ class Task(keras.Model):
         """Keras `evaluate`; with a preprocessor, `x` may be raw inputs."""
         if not self.compiled:
             self.compile()
-        if self.preprocessor is None or kwargs.get("_use_cached_eval_dataset"):
-            if self.preprocessor is None:
-                self._refuse_strings(x, "x")
+        if self.preprocessor is None or is_token_dict(x) or kwargs.get("_use_cached_eval_dataset"):
+            self._refuse_strings(x, "x")
             return super().evaluate(
                 x=x, y=y, batch_size=batch_size, sample_weight=sample_weight, **kwargs
             )
@@ -349,7 +358,7 @@ class Task(keras.Model):
 
     def predict(self, x, batch_size=None, **kwargs):
         """Keras `predict` (logits); with a preprocessor, `x` may be raw inputs."""
-        if self.preprocessor is None:
+        if self.preprocessor is None or is_token_dict(x):
             self._refuse_strings(x, "x")
             return super().predict(x, batch_size=batch_size, **kwargs)
         return super().predict(self._dataset(x, None, None, batch_size), **kwargs)

@@ -9,6 +9,14 @@ def _is_string_spec(spec) -> bool:
     return getattr(spec, "dtype", None) == tf.string
 
 
+def is_token_dict(x) -> bool:
+    """Whether `x` (or a dataset's `x` part) is already the model's dict of `token_ids`, ..."""
+    if isinstance(x, tf.data.Dataset):
+        spec = x.element_spec
+        x = spec[0] if isinstance(spec, tuple) else spec
+    return isinstance(x, dict) and "token_ids" in x
+
+
 def holds_strings(data) -> bool:
     """Whether any leaf of `data` (lists, arrays, tensors, a dataset's spec) is text."""
     if isinstance(data, tf.data.Dataset):
