@@ -75,7 +75,10 @@ def load_run(run_dir) -> dict:
         label_names = list(BUILTIN[config.dataset]()[1])
     return {
         "model": keras.saving.load_model(run / "model.keras", compile=False),
-        "tokenizer": load_tokenizer(run / "tokenizer", kind=config.tokenizer),
+        # A run continued from a checkpoint has that checkpoint's tokenizer kind.
+        "tokenizer": load_tokenizer(
+            run / "tokenizer", kind=None if config.init_from else config.tokenizer
+        ),
         "sequence_length": config.sequence_length,
         "label_names": label_names,
         "model_name": run.resolve().name,

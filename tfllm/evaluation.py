@@ -139,7 +139,8 @@ def evaluate_run(run_dir, split: str = "test", output_dir=None) -> dict:
     if split not in ("test", "validation"):
         raise ValueError(f"`split` must be 'test' or 'validation'. Received: {split!r}")
     config = RunConfig.load(run_dir / "config.json")
-    tokenizer = load_tokenizer(run_dir / "tokenizer", kind=config.tokenizer)
+    kind = None if config.init_from else config.tokenizer  # a checkpoint's own kind
+    tokenizer = load_tokenizer(run_dir / "tokenizer", kind=kind)
     model = keras.saving.load_model(run_dir / "model.keras", compile=False)
     output_dir = Path(output_dir) if output_dir else run_dir / "evaluation"
     output_dir.mkdir(parents=True, exist_ok=True)
