@@ -4,8 +4,14 @@ Unknown keys, wrong types and contradictory values fail when the config is made,
 into training.
 
 Example:
+>>> RunConfig(model="gpt_tiny", steps=100).save("configs/gpt_tiny.json")
 >>> config = RunConfig.load("configs/gpt_tiny.json", ["--learning_rate=3e-4", "--steps=200"])
->>> config.save("runs/demo/config.json")
+>>> config.model, config.steps, config.learning_rate
+('gpt_tiny', 200, 0.0003)
+>>> RunConfig.load(None, ["--stepz=1"])
+Traceback (most recent call last):
+...
+ValueError: Unknown RunConfig key 'stepz' in '--stepz=1'. Known keys: [...]
 """
 
 import dataclasses

@@ -35,7 +35,7 @@ def compute_attention_mask(
         A boolean tensor broadcastable to `(B, T, S)`, or `None` when nothing is masked.
 
     Example:
-    >>> compute_attention_mask(3, 3, use_causal_mask=True).shape
+    >>> tuple(compute_attention_mask(3, 3, use_causal_mask=True).shape)
     (1, 3, 3)
     """
     masks = []
@@ -137,7 +137,7 @@ class MultiHeadAttention(keras.layers.Layer):
 
     Example:
     >>> layer = MultiHeadAttention(num_heads=2)
-    >>> layer(np.zeros((1, 4, 8)), use_causal_mask=True).shape
+    >>> tuple(layer(np.zeros((1, 4, 8)), use_causal_mask=True).shape)
     (1, 4, 8)
     """
 

@@ -17,7 +17,7 @@ class TokenEmbedding(keras.layers.ReversibleEmbedding):
 
     Example:
     >>> layer = TokenEmbedding(input_dim=100, output_dim=8)
-    >>> layer(np.array([[1, 2, 3]])).shape
+    >>> tuple(layer(np.array([[1, 2, 3]])).shape)
     (1, 3, 8)
     """
 
