@@ -398,3 +398,20 @@ def test_from_preset_keeps_the_saved_preprocessor_settings(tokenizer, tmp_path):
     longer = CausalLM.from_preset(tmp_path / "chat", sequence_length=24)  # a new preprocessor
     assert longer.preprocessor.sequence_length == 24
     assert longer.preprocessor.chat_template.get_config() == template.get_config()
+
+
+@pytest.mark.assets
+@pytest.mark.slow
+def test_minilm_classifier_from_its_folder_fits_on_strings():
+    from tfllm import assets
+
+    classifier = TextClassifier.from_preset(
+        assets.minilm_path(), num_classes=2, pooling="mean", sequence_length=16
+    )
+    reference = BertBackbone.from_huggingface(assets.minilm_path())
+    for a, b in zip(classifier.backbone.get_weights(), reference.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert classifier.preprocessor.tokenizer.lowercase
+    history = classifier.fit(x=TEXTS, y=LABELS, batch_size=5, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert classifier.predict(["an instant classic"], verbose=0).shape == (1, 2)
