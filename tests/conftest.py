@@ -23,8 +23,14 @@ import pytest  # noqa: E402
 
 @pytest.fixture
 def mirrored_strategy() -> tf.distribute.MirroredStrategy:
-    """A two-replica strategy on the two logical CPUs."""
-    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    """A two-replica strategy on the two logical CPUs.
+
+    Reduced on one device, not with collective all-reduce: a later MirroredStrategy in the
+    same test process reuses collective instance keys, with other shapes, and aborts.
+    """
+    return tf.distribute.MirroredStrategy(
+        ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice()
+    )
 
 
 @pytest.fixture(autouse=True)
