@@ -3,8 +3,9 @@
 Documents come from plain text files (paragraphs separated by blank lines; lines are
 sentences), JSONL records `{"id", "text", "source"}` (one document each; lines of `text`
 are sentences) or TFRecord shards of `tf.train.Example`s with a `text` feature (see
-`write_tfrecords`). Every pipeline is deterministic for a given seed, so a resumed run
-can skip to the batch it stopped at.
+`write_tfrecords`). Every pipeline is deterministic for a given seed, and its iterator
+can be checkpointed (except on a tf.data service), so a run resumes at the batch it
+stopped at.
 
 Example:
 >>> dataset_fn = pretraining_dataset_fn(config, preprocessor, files)
@@ -18,6 +19,7 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_text as tf_text
 
@@ -56,14 +58,35 @@ def write_tfrecords(texts: Iterable[str], directory, num_shards: int = 4) -> lis
     return paths
 
 
-def _jsonl_texts(path: bytes):
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                record = json.loads(line)
-                if not isinstance(record.get("text"), str):
-                    raise ValueError(f"{path.decode()}:{number} has no string `text` field.")
-                yield record["text"]
+def _jsonl_texts(path, numbers, lines) -> np.ndarray:
+    """The `text` fields of JSON lines (eager tensors, in a `tf.py_function`)."""
+    texts = []
+    for number, line in zip(numbers.numpy(), lines.numpy(), strict=True):
+        where = f"{path.numpy().decode()}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{where} is not valid JSON: {error}") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise ValueError(f"{where} has no string `text` field.")
+        texts.append(record["text"].encode())
+    return np.array(texts, dtype=object)
+
+
+def _jsonl_file(path) -> tf.data.Dataset:
+    """The `text` of every non-blank line of a JSONL file.
+
+    `TextLineDataset` rather than a Python generator: its position can be checkpointed.
+    Lines are parsed in batches of 256 in Python (TensorFlow has no JSON op).
+    """
+    lines = tf.data.TextLineDataset(path).enumerate(start=1)
+    lines = lines.filter(lambda _, line: tf.strings.length(tf.strings.strip(line)) > 0)
+
+    def parse(numbers, lines):
+        texts = tf.py_function(_jsonl_texts, [path, numbers, lines], tf.string)
+        return tf.ensure_shape(texts, [None])
+
+    return lines.batch(256).map(parse).unbatch()
 
 
 def _interleave(files: list[str], read_file) -> tf.data.Dataset:
@@ -90,12 +113,7 @@ def read_documents(files: list[str], data_format: str) -> tf.data.Dataset:
 
         return _interleave(files, paragraphs)
     if data_format == "jsonl":
-        return _interleave(
-            files,
-            lambda path: tf.data.Dataset.from_generator(
-                _jsonl_texts, args=(path,), output_signature=tf.TensorSpec([], tf.string)
-            ),
-        )
+        return _interleave(files, _jsonl_file)
     if data_format == "tfrecord":
         spec = {"text": tf.io.FixedLenFeature([], tf.string)}
         records = _interleave(files, tf.data.TFRecordDataset)
@@ -163,9 +181,24 @@ def pretraining_dataset_fn(
         else:
             if config.task == "bert_pretraining":
                 documents = nsp_pairs(documents.map(_sentences), seed=config.seed)
-            # Sequential map: the masking draws random numbers, and their order must not
-            # depend on thread timing (a resumed run replays the same masks).
-            examples = documents.batch(batch_size, drop_remainder=True).map(preprocessor)
+            batches = documents.batch(batch_size, drop_remainder=True).enumerate()
+
+            def mask(number, batch):
+                # Batch `number`'s masks depend on the seed, that number and this pipeline
+                # only: a resumed iterator replays them, and workers draw different ones.
+                preprocessor.restart_masks(number * pipelines + index)
+                return preprocessor(*batch) if isinstance(batch, tuple) else preprocessor(batch)
+
+            # Sequential map: the batches take turns on the preprocessor's generator.
+            examples = batches.map(mask)
+        # The iterator can be checkpointed (`tfllm.training.Trainer` saves its position)
+        # once the state outside it is known to be safe to leave out: the seed generators
+        # of the per-epoch shuffles (each epoch's dataset is read once, seeded by its
+        # number), the mask generator (restarted at every batch), `py_function` (parses
+        # JSON only). The default policy refuses to save a pipeline with such state.
+        options, policy = tf.data.Options(), tf.data.experimental.ExternalStatePolicy
+        options.experimental_external_state_policy = policy.IGNORE
+        examples = examples.with_options(options)
         if config.tf_data_service:
             examples = examples.apply(
                 tf.data.experimental.service.distribute(

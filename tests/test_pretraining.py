@@ -4,13 +4,16 @@ import json
 from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
 
 from tfllm import benchmarking
 from tfllm.config import RunConfig
 from tfllm.pretraining import pretrain
+from tfllm.training import Trainer
 from tools import train
 
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 LINES = [
     "the king said to the queen that the night was long",
     "my love is like the day and the sword is like the night",
@@ -100,3 +103,69 @@ def test_a_failed_run_keeps_the_previous_model_and_dtype_policy(tmp_path, corpus
     assert (tmp_path / "r" / "model.keras").read_bytes() == b"previous"
     assert not list((tmp_path / "r").glob(".model*"))
     assert peak_dtypes == ["bfloat16"]
+
+
+def _config(tmp_path, corpus, **changes):
+    values = dict(train_files=(corpus,), vocabulary_size=120, sequence_length=16, batch_size=4,
+                  steps=2, log_every=1, checkpoint_every=1, output_dir=str(tmp_path),
+                  name="r")  # fmt: skip
+    return RunConfig(**{**values, **changes})
+
+
+def test_a_resume_with_other_data_settings_fails_naming_them(tmp_path, corpus):
+    config = _config(tmp_path, corpus)
+    pretrain(config, verbose=False)
+    with pytest.raises(ValueError, match=r"batch_size: 4 -> 8; seed: 0 -> 1\)"):
+        pretrain(config.replace(batch_size=8, seed=1, steps=4), verbose=False)
+    extra = Path(corpus).parent / "doc9.txt"
+    extra.write_text("the king said to the queen\n")  # the same glob now matches more files
+    with pytest.raises(ValueError, match=r"train_files matched: \[\] -> \[.*doc9.txt'\]"):
+        pretrain(config.replace(steps=4), verbose=False)
+    extra.unlink()
+    resumable = dict(steps=3, log_every=3, checkpoint_every=3, validation_steps=5)
+    assert pretrain(config.replace(**resumable), verbose=False)["step"] == 3
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "task, model, data_format",
+    [("causal_lm", "gpt_tiny", "text"), ("bert_pretraining", "bert_tiny", "jsonl")],
+)
+def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(
+    tmp_path, corpus, monkeypatch, task, model, data_format
+):
+    if data_format == "jsonl":
+        for path in Path(corpus).parent.glob("doc*.txt"):
+            documents = path.read_text().strip().split("\n\n")
+            lines = "".join(json.dumps({"text": d}) + "\n" for d in documents)
+            path.with_suffix(".jsonl").write_text(lines)
+        corpus = corpus.replace(".txt", ".jsonl")
+    # One vocabulary for both runs: training one is not deterministic (ties in the counts).
+    (tmp_path / "vocab").mkdir()
+    words = sorted({w for line in LINES for w in line.split()})
+    (tmp_path / "vocab" / "vocab.txt").write_text("\n".join(SPECIALS + words) + "\n")
+    config = _config(tmp_path, corpus, task=task, model=model, data_format=data_format,
+                     steps=6, log_every=3, checkpoint_every=3, shuffle_buffer=4,
+                     tokenizer_path=str(tmp_path / "vocab"), name="whole")  # fmt: skip
+    pretrain(config, verbose=False)
+    save = Trainer._save
+
+    def save_then_die(self, *args):
+        save(self, *args)
+        raise Killed
+
+    monkeypatch.setattr(Trainer, "_save", save_then_die)
+    with pytest.raises(Killed):
+        pretrain(config.replace(name="killed"), verbose=False)
+    monkeypatch.undo()
+    assert (tmp_path / "killed" / "checkpoints" / "input-0" / "ckpt-3.index").is_file()
+    pretrain(config.replace(name="killed"), verbose=False)
+    whole, resumed = (
+        keras.saving.load_model(tmp_path / n / "model.keras") for n in ("whole", "killed")
+    )
+    for a, b in zip(whole.get_weights(), resumed.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -311,3 +311,57 @@ def test_train_and_test_steps_are_traced_once_and_validation_read_once(tmp_path)
     assert traces == {"train_step": 1, "test_step": 1}
     assert int(reads.numpy()) == 2  # the validation batches were cached after the first pass
     assert history["val_loss"][-1] == pytest.approx(trainer.evaluate(validation_fn, 2)["loss"])
+
+
+def _counting(reads, checkpointable=True):
+    """`train_tiny.dataset_fn`, counting the batches its pipeline makes in `reads`."""
+
+    def dataset_fn(context):
+        def count(*batch):
+            reads.assign_add(1)
+            return batch
+
+        options = tf.data.Options()
+        options.experimental_optimization.inject_prefetch = False  # no batches read ahead
+        if checkpointable:  # the counter is state outside the pipeline that may be left out
+            options.experimental_external_state_policy = (
+                tf.data.experimental.ExternalStatePolicy.IGNORE
+            )
+        return train_tiny.dataset_fn(context).map(count).with_options(options)
+
+    return dataset_fn
+
+
+def _killed_and_whole(tmp_path, strategy, dataset_fn, reads):
+    """Weights after 8 steps in one go, and after 4 (a kill after that checkpoint) + 4."""
+    weights = {}
+    for name, stops in (("whole", [8]), ("resumed", [4, 8])):
+        for steps in stops:
+            model = train_tiny.build(strategy, total_steps=8)  # the schedule of 8 steps
+            reads.assign(0)
+            trainer = Trainer(model, strategy, tmp_path / name, steps=steps, checkpoint_every=4,
+                              log_every=4, verbose=False)  # fmt: skip
+            trainer.fit(dataset_fn)
+        weights[name] = model.get_weights()
+    return weights
+
+
+@pytest.mark.parametrize("distributed", [False, True], ids=["default", "mirrored"])
+def test_resume_restores_the_input_position(tmp_path, mirrored_strategy, distributed):
+    strategy = mirrored_strategy if distributed else tf.distribute.get_strategy()
+    reads = tf.Variable(0, dtype=tf.int64)
+    weights = _killed_and_whole(tmp_path, strategy, _counting(reads), reads)
+    assert (tmp_path / "resumed" / "checkpoints" / "input-0" / "ckpt-4.index").exists()
+    # The resumed run read its 4 steps only (a batch for each replica a step), not 8.
+    assert int(reads.numpy()) == 4 * strategy.num_replicas_in_sync
+    assert _max_diff(weights["whole"], weights["resumed"]) == 0.0
+
+
+def test_an_input_that_cannot_be_checkpointed_is_skipped_to_on_resume(tmp_path, caplog):
+    strategy = tf.distribute.get_strategy()
+    reads = tf.Variable(0, dtype=tf.int64)
+    weights = _killed_and_whole(tmp_path, strategy, _counting(reads, False), reads)
+    assert "cannot be checkpointed" in caplog.text
+    assert not (tmp_path / "resumed" / "checkpoints" / "input-0").exists()
+    assert int(reads.numpy()) == 8  # read again from the start
+    assert _max_diff(weights["whole"], weights["resumed"]) == 0.0

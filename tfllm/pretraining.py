@@ -5,8 +5,9 @@ prompt / response or chat examples (`pipelines.sft`) from its `init_from` model;
 `model.keras` holds the preprocessor with the run's chat template, so it answers raw
 prompts (`generate`).
 
-`runs/<name>/` receives `config.json`, `tokenizer/` (vocabulary files),
-`checkpoints/`, `logs/` (TensorBoard), `history.json`, `curves.png` and `model.keras`.
+`runs/<name>/` receives `config.json`, `train_files.json` (the files it matched),
+`tokenizer/` (vocabulary files), `checkpoints/`, `logs/` (TensorBoard), `history.json`,
+`curves.png` and `model.keras`. Rerunning a config resumes its run (`check_resume`).
 """
 
 import json
@@ -37,6 +38,18 @@ from tfllm.tokenizers import (
 from tfllm.training import Trainer, make_optimizer, make_strategy
 
 TRAINERS = {"wordpiece": train_wordpiece, "bpe": train_bpe, "sentencepiece": train_sentencepiece}
+# What a resumed run may change: its length, how often it writes, what it validates on.
+RESUMABLE_FIELDS = (
+    "steps",
+    "log_every",
+    "checkpoint_every",
+    "validation_files",
+    "validation_steps",
+    "name",
+    "output_dir",
+    "tf_data_service",
+    "search_space",
+)
 
 
 def build_tokenizer(config: RunConfig, files: list[str], start=None) -> Tokenizer:
@@ -150,6 +163,38 @@ def default_corpus() -> tuple[list[str], list[str]]:
     return [p for p in plays if p not in held_out], held_out
 
 
+def check_resume(config: RunConfig, files: list[str]) -> None:
+    """Fails if `config.run_dir` holds a run of other settings or other training files.
+
+    A rerun resumes from the folder's last checkpoint (weights, optimizer, input
+    position); other data settings would silently land it on other data. Only
+    `RESUMABLE_FIELDS` may differ (a new `steps` also stretches the learning-rate
+    schedule to the new length).
+    """
+    saved_config, saved_files = config.run_dir / "config.json", config.run_dir / "train_files.json"
+    if not saved_config.is_file():
+        return
+    saved = RunConfig.load(saved_config).to_dict()
+    changed = {
+        name: (saved[name], value)
+        for name, value in config.to_dict().items()
+        if name not in RESUMABLE_FIELDS and saved[name] != value
+    }
+    before = json.loads(saved_files.read_text()) if saved_files.is_file() else files
+    if before != files:
+        changed["train_files matched"] = (
+            [f for f in before if f not in files],
+            [f for f in files if f not in before],
+        )
+    if changed:
+        details = "; ".join(f"{name}: {a!r} -> {b!r}" for name, (a, b) in changed.items())
+        raise ValueError(
+            f"{str(config.run_dir)!r} holds a run with other settings ({details}); resuming "
+            f"it would train on other data. A resume may change only {list(RESUMABLE_FIELDS)}:"
+            " set them back, or give the new run another `name`."
+        )
+
+
 def pretrain(config: RunConfig, verbose: bool = True) -> dict:
     """Runs (or resumes) the pretraining (or SFT) of `config`; returns a summary dict.
 
@@ -180,7 +225,9 @@ def _pretrain(config: RunConfig, files: list, validation_files: list, verbose: b
             f"{strategy.num_replicas_in_sync} replicas."
         )
     run_dir = config.run_dir
+    check_resume(config, files)
     config.save(run_dir / "config.json")
+    atomic_write(run_dir / "train_files.json", json.dumps(files, indent=1))
     tokenizer_dir = run_dir / "tokenizer"
     start = read_starting_point(config) if config.init_from else None
     if tokenizer_dir.is_dir():  # a resumed run keeps its vocabulary

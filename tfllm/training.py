@@ -3,20 +3,25 @@
 The loop runs Keras's own `model.train_step` (compiled loss, metrics, loss scaling,
 gradient accumulation and clipping of the optimizer) under `strategy.run`. It is our own
 loop rather than `model.fit` because `fit` fails under `MultiWorkerMirroredStrategy` in
-Keras 3 (keras-team/keras#20585) and cannot checkpoint its data iterator; here the
-`tf.data` iterator is saved with the weights, so a killed run resumes at the same step
-and the same data position.
+Keras 3 (keras-team/keras#20585) and cannot checkpoint its data iterator; here each
+worker's `tf.data` iterator is saved with the weights (`ReplicaInput`), so a killed run
+resumes at the same step and the same data position without rereading the data.
 """
 
 import json
+import logging
 import math
 import os
+import tempfile
 import time
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 
+from tfllm.replica_input import ReplicaInput
+
+logger = logging.getLogger(__name__)
 NO_WEIGHT_DECAY = ["bias", "gamma", "beta", "scale"]  # norms and biases (BERT practice)
 
 
@@ -244,7 +249,8 @@ def make_optimizer(config, learning_rate_multipliers=None) -> keras.optimizers.O
 class Trainer:
     """Trains a compiled Keras model on a `tf.data` pipeline under a strategy.
 
-    Writes into `run_dir`: `checkpoints/` (weights, optimizer and data iterator, every
+    Writes into `run_dir`: `checkpoints/` (weights, optimizer and dropout's random state,
+    and in `checkpoints/input-<worker>/` each worker's input position, every
     `checkpoint_every` steps and at the end) and `logs/` (TensorBoard scalars: loss,
     metrics, learning rate, tokens/s, MFU). Restarting with the same `run_dir` resumes.
 
@@ -292,7 +298,7 @@ class Trainer:
             or resolver.task_type == "chief"
             or (resolver.task_type == "worker" and resolver.task_id == 0)
         )
-        # Traced once (per input type) and reused by every `fit` and evaluation.
+        # Traced once per input (`ReplicaInput`): once per `fit` for training, once for validation.
         self._train_function = tf.function(self._train_steps)
         self._test_function = tf.function(self._test_steps)
 
@@ -307,25 +313,34 @@ class Trainer:
         Args:
             dataset: a `tf.data.Dataset` of global batches `(x, y[, sample_weight])`, or a
                 function `InputContext -> Dataset` of per-replica batches (each input
-                pipeline reading its own shard, as multi-worker training needs). It must
-                not run out (`.repeat()` it) and must be deterministic: on resume the
-                first `step` batches are skipped to reach the same data position.
+                pipeline reading its own shard, as multi-worker training needs; see
+                `ReplicaInput`). It must not run out (`.repeat()` it) and must be
+                deterministic. Its iterator is checkpointed with the weights where
+                `tf.data` can save it (its external state policy allows it); else a
+                resumed run reads and drops the batches already trained on.
             validation_data: the same kinds, evaluated every `log_every` steps on the
                 same first `validation_steps` batches, read once and cached in memory
                 (shuffle it not; a masked LM's masks are drawn once).
             validation_steps: batches per evaluation.
         """
-        checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer)
+        checkpoint = tf.train.Checkpoint(
+            model=self.model,
+            optimizer=self.model.optimizer,
+            # Dropout's random state: Keras keeps it in variables that the model does not
+            # track for `tf.train.Checkpoint`; without it a resumed run draws other masks.
+            seeds=[v.value for v in self.model.variables if v.name == "seed_generator_state"],
+        )
         manager = tf.train.CheckpointManager(checkpoint, str(self._checkpoint_dir()), max_to_keep=2)
         self._build(dataset)
         latest = tf.train.latest_checkpoint(str(self.run_dir / "checkpoints"))
-        if latest:  # resume: weights and optimizer step; the data position follows
+        if latest:  # resume: weights and optimizer step, then the data position
             checkpoint.restore(latest).assert_existing_objects_matched()
         step = int(self.model.optimizer.iterations.numpy())
-        iterator = iter(self._distribute(dataset, skip=step))
+        inputs = ReplicaInput(self.strategy, dataset)
+        iterator, input_manager = self._input_at(inputs, step)
         validation = None
         if validation_data is not None:
-            validation = self._validation_input(validation_data, validation_steps)
+            validation = ReplicaInput(self.strategy, validation_data).first(validation_steps)
         writer = (
             tf.summary.create_file_writer(str(self.run_dir / "logs"))
             if self.is_chief
@@ -338,7 +353,7 @@ class Trainer:
             # One graph call runs the steps up to the next log or checkpoint step: the host
             # reads the metrics there only.
             stop = min(self._next(step, self.log_every), self._next(step, self.checkpoint_every))
-            done, logs = self._train_function(iterator, tf.constant(stop - step))
+            done, logs = self._train_function(inputs, iterator, tf.constant(stop - step))
             step += int(done)
             loss = float(logs["loss"])
             if not math.isfinite(loss):
@@ -360,37 +375,52 @@ class Trainer:
                 progress.update(step, shown)
                 started, started_step = time.perf_counter(), step
             if step % self.checkpoint_every == 0 or step == self.steps:
-                self._save(manager, step)
+                self._save(manager, input_manager, step)
         writer.flush()
         return history
 
     def evaluate(self, dataset, steps: int = 20, prefix: str = "") -> dict:
         """Compiled loss and metrics over the first `steps` batches of `dataset`."""
-        return self._evaluate(self._validation_input(dataset, steps), prefix)
+        return self._evaluate(ReplicaInput(self.strategy, dataset).first(steps), prefix)
 
     def _next(self, step: int, every: int) -> int:
         """The first multiple of `every` after `step`, at most `steps`."""
         return min((step // every + 1) * every, self.steps)
 
-    def _validation_input(self, dataset, steps: int):
-        """The first `steps` batches of `dataset`, cached on the first pass over them."""
-        return self._distribute(dataset, take=steps, cache=True)
+    def _input_at(self, inputs: ReplicaInput, step: int):
+        """An iterator over `inputs` at `step`, and the manager that checkpoints it.
 
-    def _evaluate(self, validation, prefix: str) -> dict:
+        The position comes from this worker's input checkpoint of `step`. Without one
+        (the run was killed between the two saves, or the pipeline cannot be saved, e.g.
+        Python generators or a tf.data service), the first `step` steps are read and
+        dropped; the manager is `None` when the pipeline cannot be saved.
+        """
+        iterator = iter(inputs.dataset)
+        saver = tf.train.Checkpoint(data=iterator)
+        try:  # `tf.data` says whether it can save this pipeline only when asked to
+            with tempfile.TemporaryDirectory() as temp:
+                saver.write(os.path.join(temp, "probe"))
+        except (tf.errors.FailedPreconditionError, tf.errors.UnimplementedError) as error:
+            logger.warning(
+                "The input position cannot be checkpointed (%s): a resumed run reads and "
+                "drops the batches before its step.",
+                error.message.splitlines()[0],
+            )
+            return iter(inputs.skip(step).dataset), None
+        directory = self.run_dir / "checkpoints" / f"input-{inputs.pipeline}"
+        path = str(directory / f"ckpt-{step}")
+        if step and tf.io.gfile.exists(path + ".index"):
+            saver.restore(path).assert_consumed()
+        elif step:
+            iterator = iter(inputs.skip(step).dataset)
+            saver = tf.train.Checkpoint(data=iterator)
+        return iterator, tf.train.CheckpointManager(saver, str(directory), max_to_keep=2)
+
+    def _evaluate(self, validation: ReplicaInput, prefix: str) -> dict:
         self.model.reset_metrics()
-        logs = self._test_function(iter(validation))
+        logs = self._test_function(validation, iter(validation.dataset))
         self.model.reset_metrics()
         return {prefix + k: float(v) for k, v in logs.items()}
-
-    def _distribute(self, dataset, skip: int = 0, take: int | None = None, cache: bool = False):
-        def limit(ds):
-            ds = ds.skip(skip)
-            ds = ds if take is None else ds.take(take)
-            return ds.cache() if cache else ds
-
-        if isinstance(dataset, tf.data.Dataset):
-            return self.strategy.experimental_distribute_dataset(limit(dataset))
-        return self.strategy.distribute_datasets_from_function(lambda ctx: limit(dataset(ctx)))
 
     def _build(self, dataset):
         """Creates optimizer, loss and metric variables once, on a batch of zeros.
@@ -417,9 +447,9 @@ class Trainer:
             self.model.compute_metrics(x, y, y_pred, sample_weight)
             self.model.reset_metrics()
 
-    def _train_steps(self, iterator, count):
+    def _train_steps(self, inputs: ReplicaInput, iterator, count):
         """Runs up to `count` train steps (Keras's `train_step` on every replica) in one
-        graph; stops after a step whose loss is not finite. Traced once.
+        graph; stops after a step whose loss is not finite. Traced once per `fit`.
 
         Returns:
             the number of steps run and the metrics after the last one.
@@ -427,16 +457,22 @@ class Trainer:
         strategy = self.strategy
         done, finite = tf.constant(0), tf.constant(True)
         while finite and done < count:
-            logs = strategy.run(self.model.train_step, args=(next(iterator),))
+            logs = strategy.run(self.model.train_step, args=(inputs.next(iterator),))
             # Reduced over all replicas, so that every worker stops at the same step.
             finite = tf.math.is_finite(strategy.reduce("MEAN", logs["loss"], axis=None))
             done += 1
         return done, self._metrics()
 
-    def _test_steps(self, iterator):
-        """Keras's `test_step` on every batch of `iterator`; returns the metrics."""
-        for batch in iterator:
+    def _test_steps(self, inputs: ReplicaInput, iterator):
+        """Keras's `test_step` on every step of `iterator`; returns the metrics.
+
+        Reads to the end, so that a cached input is complete after the first pass.
+        """
+        elements = inputs.next_optionals(iterator)
+        while tf.reduce_all([element.has_value() for element in elements]):
+            batch = inputs.distribute([element.get_value() for element in elements])
             self.strategy.run(self.model.test_step, args=(batch,))
+            elements = inputs.next_optionals(iterator)
         return self._metrics()
 
     def _metrics(self):
@@ -467,7 +503,10 @@ class Trainer:
         # Every worker must write (variables are mirrored); only the chief's copy is kept.
         return self.run_dir / "checkpoints" / f".worker-{self.worker}"
 
-    def _save(self, manager, step):
+    def _save(self, manager, input_manager, step):
+        # The input position first: a model checkpoint always has its input checkpoint.
+        if input_manager is not None:
+            input_manager.save(checkpoint_number=step)
         manager.save(checkpoint_number=step)
         if not self.is_chief:
             tf.io.gfile.rmtree(str(self._checkpoint_dir()))

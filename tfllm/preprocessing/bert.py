@@ -137,9 +137,8 @@ class MaskedLMPreprocessor(SegmentPreprocessor):
         replacements = [i for i in range(tokenizer.vocabulary_size()) if i not in excluded]
         if not replacements:
             raise ValueError("`tokenizer` has no ordinary tokens to use as random tokens.")
-        self._generator = masking.make_generator(
-            seed if seed is not None else random.randrange(2**62)
-        )
+        self._mask_seed = seed if seed is not None else random.randrange(2**62)
+        self._generator = masking.make_generator(self._mask_seed)
         self._selector = tf_text.RandomItemSelector(
             max_selections_per_batch=max_predictions_per_seq,
             selection_rate=mask_rate,
@@ -151,6 +150,16 @@ class MaskedLMPreprocessor(SegmentPreprocessor):
         )
         if whole_word_masking:
             self._word_start = tf.constant(tokenizer.word_start_mask(), tf.bool)
+
+    def restart_masks(self, index) -> None:
+        """Makes the next call's masks depend on the seed and `index` only, not on calls
+        before it (an int64 scalar, e.g. the batch number, in a sequential `map`).
+
+        Pipelines that call it before every batch draw the same masks for a batch however
+        they got there: a run resumed from a checkpointed iterator replays them.
+        """
+        counter = tf.stack([tf.constant(0, tf.int64), tf.cast(index, tf.int64)])
+        self._generator.reset_from_key_counter(self._mask_seed, counter)
 
     def call(self, x, y=None, sample_weight=None):
         if sample_weight is not None and y is None:

@@ -21,6 +21,7 @@ from pipelines.datasets import pretraining_dataset_fn
 from tfllm import benchmarking as bench
 from tfllm.config import RunConfig
 from tfllm.pretraining import build_model, build_preprocessor, default_corpus
+from tfllm.replica_input import ReplicaInput
 from tfllm.tokenizers import train_wordpiece
 from tfllm.training import Trainer
 from tools.benchmarks import header, write_section
@@ -39,12 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def step_timer(trainer: Trainer, dataset_fn, steps: int):
     """Seconds per training step, drawing batches from one persistent iterator."""
-    iterator = iter(trainer._distribute(dataset_fn))
+    inputs = ReplicaInput(trainer.strategy, dataset_fn)
+    iterator = iter(inputs.dataset)
 
     def timer():
         start = time.perf_counter()
         # `steps` steps in one graph call, read once at the end, as in `Trainer.fit`.
-        float(trainer._train_function(iterator, tf.constant(steps))[1]["loss"])
+        float(trainer._train_function(inputs, iterator, tf.constant(steps))[1]["loss"])
         return (time.perf_counter() - start) / steps
 
     return timer

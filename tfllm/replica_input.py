@@ -1,0 +1,95 @@
+"""Per-replica batches from a plain `tf.data` iterator, whose position can be checkpointed.
+
+The iterators of `strategy.experimental_distribute_dataset` and
+`distribute_datasets_from_function` cannot be saved with `tf.train.Checkpoint` under
+`MirroredStrategy` with two replicas ("expecting a trackable object", TensorFlow 2.21).
+Here each worker iterates its own input pipeline with an ordinary `tf.data` iterator and
+hands every local replica its batch inside the step, with
+`experimental_distribute_values_from_function`. The batches reach the devices inside the
+step (no per-device prefetch): batches of token ids are small next to a step's compute.
+
+Example:
+>>> inputs = ReplicaInput(strategy, dataset_fn)
+>>> iterator = iter(inputs.dataset)
+>>> tf.train.Checkpoint(data=iterator).save("checkpoints/input-0/ckpt")
+"""
+
+import copy
+
+import tensorflow as tf
+
+
+class ReplicaInput:
+    """This worker's input pipeline, and how one step's elements become replica batches.
+
+    Args:
+        strategy: the `tf.distribute.Strategy` of the run.
+        dataset: a `tf.data.Dataset` of global batches: every worker reads all of it and
+            each replica takes its slice of every batch, in replica order. Or a function
+            `InputContext -> Dataset` of per-replica batches: it gives this worker's
+            pipeline, and a step takes the next batch for each local replica in turn, as
+            `distribute_datasets_from_function` does.
+
+    Attributes:
+        dataset: this worker's `tf.data.Dataset`.
+        pipeline: this worker's input pipeline index (0 on one machine).
+        elements_per_step: elements of `dataset` one step reads (local replicas, or 1).
+    """
+
+    def __init__(self, strategy: tf.distribute.Strategy, dataset):
+        ids = strategy.experimental_local_results(
+            strategy.experimental_distribute_values_from_function(
+                lambda context: context.replica_id_in_sync_group
+            )
+        )
+        self.strategy = strategy
+        self.first_replica = int(ids[0])  # this worker's replicas are consecutive
+        replicas, local = strategy.num_replicas_in_sync, len(ids)
+        self.pipeline = self.first_replica // local
+        self.global_batches = isinstance(dataset, tf.data.Dataset)
+        if self.global_batches:
+            self.dataset, self.elements_per_step = dataset, 1
+        else:
+            context = tf.distribute.InputContext(replicas // local, self.pipeline, replicas)
+            self.dataset, self.elements_per_step = dataset(context), local
+
+    def skip(self, steps: int) -> "ReplicaInput":
+        """The same input after its first `steps` steps (read and dropped)."""
+        return self._with(self.dataset.skip(steps * self.elements_per_step))
+
+    def first(self, steps: int) -> "ReplicaInput":
+        """The first `steps` steps of the input, kept in memory after the first pass."""
+        return self._with(self.dataset.take(steps * self.elements_per_step).cache())
+
+    def next(self, iterator):
+        """The per-replica batches of the next step (inside a `tf.function`)."""
+        return self.distribute([next(iterator) for _ in range(self.elements_per_step)])
+
+    def next_optionals(self, iterator) -> list:
+        """The next step's elements as `tf.experimental.Optional`s (empty at the end)."""
+        return [iterator.get_next_as_optional() for _ in range(self.elements_per_step)]
+
+    def distribute(self, elements: list):
+        """One step's elements -> a per-replica value for `strategy.run`."""
+        replicas = self.strategy.num_replicas_in_sync
+
+        def value(context):
+            replica = context.replica_id_in_sync_group
+            if not self.global_batches:
+                return elements[replica - self.first_replica]
+            if replicas == 1:
+                return elements[0]
+            return tf.nest.map_structure(lambda t: _part(t, replica, replicas), elements[0])
+
+        return self.strategy.experimental_distribute_values_from_function(value)
+
+    def _with(self, dataset: tf.data.Dataset) -> "ReplicaInput":
+        other = copy.copy(self)
+        other.dataset = dataset
+        return other
+
+
+def _part(tensor, index: int, parts: int):
+    """Rows `[index * n // parts, (index + 1) * n // parts)` of an `(n, ...)` batch."""
+    size = tf.shape(tensor, out_type=tf.int64)[0]
+    return tensor[index * size // parts : (index + 1) * size // parts]
