@@ -231,7 +231,10 @@ def _pretrain(config: RunConfig, files: list, validation_files: list, verbose: b
     tokenizer_dir = run_dir / "tokenizer"
     start = read_starting_point(config) if config.init_from else None
     if tokenizer_dir.is_dir():  # a resumed run keeps its vocabulary
-        tokenizer = load_tokenizer(tokenizer_dir, kind=config.tokenizer)
+        # A checkpoint's tokenizer may be of another kind than `config.tokenizer`.
+        tokenizer = load_tokenizer(
+            tokenizer_dir, kind=None if config.init_from else config.tokenizer
+        )
     else:
         tokenizer = build_tokenizer(config, files, start)
         save_tokenizer(tokenizer, tokenizer_dir)
