@@ -365,3 +365,15 @@ def test_an_input_that_cannot_be_checkpointed_is_skipped_to_on_resume(tmp_path, 
     assert not (tmp_path / "resumed" / "checkpoints" / "input-0").exists()
     assert int(reads.numpy()) == 8  # read again from the start
     assert _max_diff(weights["whole"], weights["resumed"]) == 0.0
+
+
+def test_a_checkpoint_without_dropout_state_still_resumes(tmp_path):
+    """Checkpoints written before dropout's random state was saved resume without it."""
+    strategy = tf.distribute.get_strategy()
+    model = train_tiny.build(strategy, total_steps=4, dropout=0.1)
+    trainer = Trainer(model, strategy, tmp_path, steps=4, checkpoint_every=2, verbose=False)
+    trainer._build(train_tiny.dataset_fn)
+    old = tf.train.Checkpoint(model=model, optimizer=model.optimizer)  # no `seeds`
+    tf.train.CheckpointManager(old, str(tmp_path / "checkpoints"), 2).save(checkpoint_number=0)
+    trainer.fit(train_tiny.dataset_fn)
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-4")

@@ -30,11 +30,11 @@ def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
     )
 
 
-def build(strategy, total_steps: int) -> keras.Model:
+def build(strategy, total_steps: int, dropout: float = 0.0) -> keras.Model:
     config = RunConfig(steps=total_steps, learning_rate=1e-3, warmup_steps=2)
     keras.utils.set_random_seed(0)
     with strategy.scope():
-        model = CausalLM(GPTBackbone.from_preset("gpt_tiny", dropout=0.0))
+        model = CausalLM(GPTBackbone.from_preset("gpt_tiny", dropout=dropout))
         model.compile(
             optimizer=make_optimizer(config),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),

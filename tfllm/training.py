@@ -323,16 +323,19 @@ class Trainer:
                 (shuffle it not; a masked LM's masks are drawn once).
             validation_steps: batches per evaluation.
         """
+        latest = tf.train.latest_checkpoint(str(self.run_dir / "checkpoints"))
+        # Dropout's random state: Keras keeps it in variables that the model does not track
+        # for `tf.train.Checkpoint`; without it a resumed run draws other masks. Runs whose
+        # checkpoints lack it (written before it was saved) go on without it.
+        seeds = [v.value for v in self.model.variables if v.name == "seed_generator_state"]
+        saved = [name for name, _ in tf.train.list_variables(latest)] if latest else []
+        if latest and not any(name.startswith("seeds/") for name in saved):
+            seeds = []
         checkpoint = tf.train.Checkpoint(
-            model=self.model,
-            optimizer=self.model.optimizer,
-            # Dropout's random state: Keras keeps it in variables that the model does not
-            # track for `tf.train.Checkpoint`; without it a resumed run draws other masks.
-            seeds=[v.value for v in self.model.variables if v.name == "seed_generator_state"],
+            model=self.model, optimizer=self.model.optimizer, seeds=seeds
         )
         manager = tf.train.CheckpointManager(checkpoint, str(self._checkpoint_dir()), max_to_keep=2)
         self._build(dataset)
-        latest = tf.train.latest_checkpoint(str(self.run_dir / "checkpoints"))
         if latest:  # resume: weights and optimizer step, then the data position
             checkpoint.restore(latest).assert_existing_objects_matched()
         step = int(self.model.optimizer.iterations.numpy())
