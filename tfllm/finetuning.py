@@ -32,7 +32,7 @@ from tfllm.io import atomic_path, atomic_write
 from tfllm.losses import SparseCategoricalCrossentropy
 from tfllm.metrics import EntityF1, PrecisionRecallF1
 from tfllm.models import PRESETS, BertBackbone, TextClassifier, TokenClassifier
-from tfllm.models.preset_io import read_preset
+from tfllm.models.preset_io import read_preset, with_overrides
 from tfllm.plots import plot_history
 from tfllm.preprocessing import BertPreprocessor, TokenClassificationPreprocessor
 from tfllm.tokenizers import Tokenizer, WordPieceTokenizer, load_tokenizer, save_tokenizer
@@ -90,15 +90,7 @@ def build_backbone(config: RunConfig) -> tuple[BertBackbone, Tokenizer]:
                 f"`init_from` {config.init_from!r} has no tokenizer/ folder beside it: "
                 "set `tokenizer_path`."
             )
-        kwargs = {**source.get_config(), **config.model_overrides, "dtype": config.precision}
-        backbone = BertBackbone.from_config(kwargs)
-        try:
-            backbone.set_weights(source.get_weights())
-        except ValueError as error:
-            raise ValueError(
-                "`model_overrides` may only change settings that keep the weights' shapes "
-                f"(dropout, ...) of a loaded backbone. Received: {config.model_overrides}"
-            ) from error
+        backbone = with_overrides(source, **config.model_overrides, dtype=config.precision)
     else:
         if config.tokenizer_path:
             tokenizer = load_tokenizer(config.tokenizer_path, kind=config.tokenizer)
