@@ -1,4 +1,4 @@
-"""tf.data input pipelines: text, JSONL and TFRecord files -> preprocessed global batches.
+r"""tf.data input pipelines: text, JSONL and TFRecord files -> preprocessed global batches.
 
 Documents come from plain text files (paragraphs separated by blank lines; lines are
 sentences), JSONL records `{"id", "text", "source"}` (one document each; lines of `text`
@@ -8,8 +8,22 @@ can be checkpointed (except on a tf.data service), so a run resumes at the batch
 stopped at.
 
 Example:
->>> dataset_fn = pretraining_dataset_fn(config, preprocessor, files)
->>> Trainer(model, strategy, run_dir, steps=1000).fit(dataset_fn)
+>>> from tfllm.config import RunConfig
+>>> from tfllm.preprocessing import CausalLMPreprocessor
+>>> from tfllm.tokenizers import WordPieceTokenizer
+>>> _ = Path("corpus.txt").write_text("the cat sat.\nthe dog ran.\n\na cat ran.\n")
+>>> [document.numpy() for document in read_documents(["corpus.txt"], "text")]
+[b'the cat sat.\nthe dog ran.', b'a cat ran.']
+>>> tokenizer = WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a",
+...                                 "cat", "dog", "sat", "ran", "."])
+>>> config = RunConfig(task="causal_lm", model="gpt_tiny", sequence_length=8, batch_size=2)
+>>> preprocessor = CausalLMPreprocessor(tokenizer, sequence_length=8)
+>>> dataset_fn = pretraining_dataset_fn(config, preprocessor, ["corpus.txt"])
+>>> x, y, weights = next(iter(dataset_fn(tf.distribute.InputContext())))
+>>> x["token_ids"].shape, y.shape  # documents packed into windows; `y` is shifted by one
+(TensorShape([2, 8]), TensorShape([2, 8]))
+
+`dataset_fn` is what `tfllm.trainer.Trainer.fit` takes.
 """
 
 import contextlib
@@ -191,7 +205,7 @@ def pretraining_dataset_fn(
 
             # Sequential map: the batches take turns on the preprocessor's generator.
             examples = batches.map(mask)
-        # The iterator can be checkpointed (`tfllm.training.Trainer` saves its position)
+        # The iterator can be checkpointed (`tfllm.trainer.Trainer` saves its position)
         # once the state outside it is known to be safe to leave out: the seed generators
         # of the per-epoch shuffles (each epoch's dataset is read once, seeded by its
         # number), the mask generator (restarted at every batch), `py_function` (parses

@@ -246,7 +246,13 @@ def _batched(dataset, preprocessor, batch_size, seed, ragged=False):
         dataset = dataset.ragged_batch(batch_size, drop_remainder=training)
     else:
         dataset = dataset.batch(batch_size, drop_remainder=training)
-    return dataset.map(preprocessor, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.map(preprocessor, num_parallel_calls=tf.data.AUTOTUNE)
+    # The iterator can be checkpointed (`tfllm.trainer.Trainer` saves its position): the
+    # state outside it is the per-epoch shuffles' seed generators (each epoch is seeded
+    # by its number) and the tokenizer's constant tables.
+    options = tf.data.Options()
+    options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
+    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
 def _unique(rows: list) -> list:

@@ -10,7 +10,7 @@ Both become conversations, lists of `{"role", "content"}` messages (a pair is `[
 prompt, assistant: response]`), which `CausalLMPreprocessor` writes with its chat template
 and weights on the assistant messages. Records are read and checked before training, so a
 bad line fails with its file and line number at once; `sft_dataset_fn` feeds them to
-`tfllm.training.Trainer`.
+`tfllm.trainer.Trainer`.
 """
 
 import json

@@ -30,6 +30,7 @@ MODULES = [
     "export.serve",
     "pipelines.clean",
     "pipelines.collect",
+    "pipelines.datasets",
     "pipelines.dedup",
     "pipelines.examples",
     "pipelines.labelled",
@@ -47,6 +48,7 @@ MODULES = [
     "tfllm.demonstrations.scoring",
     "tfllm.demonstrations.selectors",
     "tfllm.evaluation",
+    "tfllm.finetuning",
     "tfllm.generation",
     "tfllm.io",
     "tfllm.layers.attention",
@@ -71,13 +73,16 @@ MODULES = [
     "tfllm.preprocessing.chat",
     "tfllm.preprocessing.nsp",
     "tfllm.preprocessing.token_classification",
+    "tfllm.replica_input",
+    "tfllm.text_evaluation",
     "tfllm.tokenizers.base",
     "tfllm.tokenizers.byte_pair",
     "tfllm.tokenizers.files",
     "tfllm.tokenizers.sentencepiece",
     "tfllm.tokenizers.training",
     "tfllm.tokenizers.wordpiece",
-    "tfllm.text_evaluation",
+    "tfllm.trainer",
+    "tfllm.training",
     "tfllm.tuning",
     "tfllm.workflow",
 ]
@@ -93,12 +98,7 @@ ASSET_MODULES = {
     "tfllm.tokenizers.sentencepiece",
 }
 # Modules with examples that do not run yet.
-NOT_YET = [
-    "pipelines.datasets",  # examples converted later: file being changed in another session
-    "tfllm.finetuning",  # examples converted later: file being changed in another session
-    "tfllm.replica_input",  # examples converted later: new file of another session's work
-    "tfllm.training",  # examples converted later: file being changed in another session
-]
+NOT_YET: list[str] = []
 GLOBALS = dict(
     tfllm=tfllm,
     tf=tf,

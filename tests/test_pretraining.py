@@ -10,7 +10,7 @@ import pytest
 from tfllm import benchmarking
 from tfllm.config import RunConfig
 from tfllm.pretraining import pretrain
-from tfllm.training import Trainer
+from tfllm.trainer import Trainer
 from tools import train
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

@@ -17,9 +17,9 @@ import tensorflow as tf
 
 from tests import train_tiny
 from tfllm.config import RunConfig
+from tfllm.trainer import Trainer
 from tfllm.training import (
     AdamW,
-    Trainer,
     WarmupDecay,
     check_tf_config,
     make_optimizer,

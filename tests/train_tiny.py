@@ -14,7 +14,8 @@ import tensorflow as tf
 
 from tfllm.config import RunConfig
 from tfllm.models import CausalLM, GPTBackbone
-from tfllm.training import Trainer, make_optimizer, make_strategy
+from tfllm.trainer import Trainer
+from tfllm.training import make_optimizer, make_strategy
 
 GLOBAL_BATCH, LENGTH = 8, 16
 

@@ -1,21 +1,33 @@
-"""Fine-tuning a (pretrained) BERT on labelled data, from a `RunConfig`.
+r"""Fine-tuning a (pretrained) BERT on labelled data, from a `RunConfig`.
 
 `runs/<name>/` receives `config.json`, `tokenizer/`, `checkpoints/best.weights.h5` (the
 best validation score so far, written during training), `logs/` (TensorBoard),
 `history.json`, `curves.png`, `metrics.json` (validation and test scores with the
 majority-class baseline) and `model.keras` (the best weights, without optimizer state).
 
-Fine-tuning uses `model.fit` with Keras callbacks (`ModelCheckpoint(save_best_only)`,
-`EarlyStopping`) rather than `tfllm.training.Trainer`: it runs on one worker (where `fit`
-works, under `MirroredStrategy` too), its data is small and finite, and a run of minutes
-needs no resumable data iterator. Each `fit` "epoch" is `log_every` steps followed by a
-full pass over the validation split, so early stopping and the best checkpoint act at
-every evaluation. A rerun starts over.
+Fine-tuning runs the same loop as pretraining (`tfllm.trainer.Trainer`), so it gets the
+same checkpoints, resume after a kill (same step, same data position, same best score),
+strategies (multi-worker included) and logs. Every `log_every` steps it evaluates the
+whole validation split (cached after the first pass), keeps the best weights and stops
+early after `early_stopping_patience` evaluations without improvement.
 
 Example:
->>> config = RunConfig(task="classification", dataset="rotten_tomatoes",
-...                    init_from=str(assets.minilm_path()), learning_rate=5e-5)
->>> summary = finetune(config)  # {"test_accuracy": ..., "baseline_accuracy": ...}
+>>> rows = [{"text": f"a {word} film", "label": label}
+...         for word, label in [("good", "pos"), ("bad", "neg")] * 40]
+>>> _ = Path("train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+>>> Path("vocab").mkdir()
+>>> tokens = "[PAD] [UNK] [CLS] [SEP] [MASK] a good bad film".split()
+>>> _ = Path("vocab/vocab.txt").write_text("\n".join(tokens))
+>>> config = RunConfig(task="classification", model="bert_tiny", tokenizer_path="vocab",
+...                    train_files=("train.jsonl",), label_names=("neg", "pos"),
+...                    sequence_length=8, batch_size=8, steps=30, log_every=10,
+...                    learning_rate=3e-3, output_dir="runs", name="sentiment")
+>>> summary = finetune(config, verbose=False)
+>>> summary["steps"], summary["val_accuracy"] > summary["baseline_accuracy"]
+(30, True)
+>>> sorted(path.name for path in Path("runs/sentiment").iterdir())
+['checkpoints', 'config.json', 'curves.png', 'history.json', 'logs', 'metrics.json',
+ 'model.keras', 'tokenizer']
 """
 
 import collections
@@ -36,6 +48,7 @@ from tfllm.models.preset_io import read_preset, with_overrides
 from tfllm.plots import plot_history
 from tfllm.preprocessing import BertPreprocessor, TokenClassificationPreprocessor
 from tfllm.tokenizers import Tokenizer, WordPieceTokenizer, load_tokenizer, save_tokenizer
+from tfllm.trainer import Trainer
 from tfllm.training import make_optimizer, make_strategy
 
 # The vocabulary a built-in dataset uses when the backbone starts from random weights.
@@ -218,23 +231,13 @@ def finetune(config: RunConfig, verbose: bool = True) -> dict:
     """Fine-tunes per `config`; returns a summary (validation / test scores, baseline).
 
     Training runs `steps` optimizer steps at most, evaluating the whole validation split
-    every `log_every` steps (`validation_steps` and `checkpoint_every` are pretraining
-    settings); it stops early after `early_stopping_patience` evaluations without a
-    better validation accuracy (entity F1 for token classification). The best weights are
-    restored at the end and scored on the test split.
+    every `log_every` steps (`validation_steps` is a pretraining setting); it stops early
+    after `early_stopping_patience` evaluations without a better validation accuracy
+    (entity F1 for token classification). The best weights are restored at the end and
+    scored on the test split. Rerunning an interrupted run resumes it.
     """
     if config.task not in ("classification", "token_classification"):
         raise ValueError(f"`task` must be a fine-tuning task. Received: {config.task!r}")
-    if config.strategy not in ("default", "mirrored"):
-        raise ValueError(
-            f"Fine-tuning runs on one worker: `strategy` must be default or mirrored. "
-            f"Received: {config.strategy!r}"
-        )
-    if config.steps % config.log_every:
-        raise ValueError(
-            f"`steps` ({config.steps}) must be a multiple of `log_every` ({config.log_every}), "
-            "the interval between evaluations."
-        )
     data = load_data(config)
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(config.precision)  # the head's layers follow it
@@ -251,8 +254,21 @@ def _finetune(config: RunConfig, data: labelled.LabelledData, verbose: bool) -> 
         backbone, tokenizer = build_backbone(config)
         model, monitor = build_task(config, backbone, data.label_names)
     run_dir = config.run_dir
-    config.save(run_dir / "config.json")
-    save_tokenizer(tokenizer, run_dir / "tokenizer")
+    trainer = Trainer(
+        model,
+        strategy,
+        run_dir,
+        steps=config.steps,
+        checkpoint_every=config.checkpoint_every,
+        log_every=config.log_every,
+        monitor=monitor,
+        mode="max",
+        patience=config.early_stopping_patience,
+        verbose=verbose,
+    )
+    if trainer.is_chief:
+        config.save(run_dir / "config.json")
+        save_tokenizer(tokenizer, run_dir / "tokenizer")
     if config.task == "classification":
         preprocessor = BertPreprocessor(tokenizer, config.sequence_length)
         make_dataset = labelled.classification_dataset
@@ -262,49 +278,27 @@ def _finetune(config: RunConfig, data: labelled.LabelledData, verbose: bool) -> 
         )
         make_dataset = labelled.token_classification_dataset
     validation = make_dataset(data.validation, preprocessor, config.batch_size)
-    best = run_dir / "checkpoints" / "best.weights.h5"
-    best.parent.mkdir(parents=True, exist_ok=True)
-    fit = model.fit(
+    history = trainer.fit(
         make_dataset(data.train, preprocessor, config.batch_size, seed=config.seed),
-        epochs=config.steps // config.log_every,  # one "epoch" per evaluation
-        steps_per_epoch=config.log_every,
         validation_data=validation,
-        callbacks=_callbacks(config, monitor, best),
-        shuffle=False,  # the dataset shuffles itself, with `seed`
-        verbose=2 if verbose else 0,
+        validation_steps=None,
     )
-    history = {"step": [(e + 1) * config.log_every for e in fit.epoch], **fit.history}
-    model.load_weights(best)
-    scores = history[monitor]
+    model.load_weights(trainer.best_path)
     summary = {
         "run_dir": str(run_dir),
         "steps": history["step"][-1],
-        "best_step": history["step"][scores.index(max(scores))],
-        **{f"val_{k}": v for k, v in _evaluate(model, validation).items()},
+        "best_step": trainer.best[1],
+        **trainer.evaluate(validation, steps=None, prefix="val_"),
     }
     if data.test:
         test = make_dataset(data.test, preprocessor, config.batch_size)
-        summary.update({f"test_{k}": v for k, v in _evaluate(model, test).items()})
+        summary.update(trainer.evaluate(test, steps=None, prefix="test_"))
     summary.update(baseline(config.task, data))
-    _save_model(model, run_dir / "model.keras", preprocessor)
-    atomic_write(run_dir / "history.json", json.dumps(history, indent=1))
-    atomic_write(run_dir / "metrics.json", json.dumps(summary, indent=1))
-    plot_history(history, run_dir / "curves.png")
+    if trainer.is_chief:
+        _save_model(model, run_dir / "model.keras", preprocessor)
+        atomic_write(run_dir / "metrics.json", json.dumps(summary, indent=1))
+        plot_history(history, run_dir / "curves.png")
     return summary
-
-
-def _callbacks(config: RunConfig, monitor: str, best: Path) -> list:
-    """Best weights kept at every evaluation, TensorBoard logs, optional early stopping."""
-    callbacks = [
-        keras.callbacks.ModelCheckpoint(
-            best, monitor, save_best_only=True, save_weights_only=True, mode="max"
-        ),
-        keras.callbacks.TensorBoard(config.run_dir / "logs", write_graph=False),
-    ]
-    if config.early_stopping_patience:
-        patience = config.early_stopping_patience
-        callbacks.append(keras.callbacks.EarlyStopping(monitor, patience=patience, mode="max"))
-    return callbacks
 
 
 def baseline(task: str, data: labelled.LabelledData) -> dict:
@@ -315,11 +309,6 @@ def baseline(task: str, data: labelled.LabelledData) -> dict:
         return {"baseline_entity_f1": 0.0}
     majority = collections.Counter(y for _, y in data.train).most_common(1)[0][0]
     return {"baseline_accuracy": sum(y == majority for _, y in examples) / len(examples)}
-
-
-def _evaluate(model: keras.Model, dataset) -> dict:
-    logs = model.evaluate(dataset, verbose=0, return_dict=True)
-    return {k: float(v) for k, v in logs.items()}
 
 
 def _embedding_layers(backbone: BertBackbone) -> list:

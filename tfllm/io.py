@@ -30,14 +30,16 @@ from pathlib import Path
 def atomic_path(path) -> Iterator[Path]:
     """A temporary path beside `path`, renamed to `path` when the block succeeds.
 
-    The temporary keeps the suffix of `path` (`model.save` and `savefig` read it) and has a
+    The temporary keeps the suffixes of `path` (`model.save` and `savefig` read them) and has a
     unique hidden name, so concurrent writers of one file do not clash and folder scanners
     (TF Serving versions, `glob("*.json")`) skip it. The block may write a file or a folder
     there; a folder replaces `path` only if `path` is absent or an empty folder.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    suffix = "".join(path.suffixes)  # all of them: `save_weights` wants `.weights.h5`
+    stem = path.name[: len(path.name) - len(suffix)]
+    temp = path.with_name(f".{stem}.{uuid.uuid4().hex[:8]}.tmp{suffix}")
     try:
         yield temp
         if temp.is_file():  # Data on disk before the name points at it (power loss).

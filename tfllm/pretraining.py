@@ -35,7 +35,8 @@ from tfllm.tokenizers import (
     train_sentencepiece,
     train_wordpiece,
 )
-from tfllm.training import Trainer, make_optimizer, make_strategy
+from tfllm.trainer import Trainer
+from tfllm.training import make_optimizer, make_strategy
 
 TRAINERS = {"wordpiece": train_wordpiece, "bpe": train_bpe, "sentencepiece": train_sentencepiece}
 # What a resumed run may change: its length, how often it writes, what it validates on.
@@ -283,7 +284,6 @@ def _pretrain(config: RunConfig, files: list, validation_files: list, verbose: b
         model.preprocessor = preprocessor
         with atomic_path(run_dir / "model.keras") as temp:
             model.save(temp)
-        atomic_write(run_dir / "history.json", json.dumps(history, indent=1))
         if history["step"]:
             plot_history(history, run_dir / "curves.png")
     last = {k: v[-1] for k, v in history.items() if v}

@@ -9,9 +9,16 @@ hands every local replica its batch inside the step, with
 step (no per-device prefetch): batches of token ids are small next to a step's compute.
 
 Example:
->>> inputs = ReplicaInput(strategy, dataset_fn)
+>>> inputs = ReplicaInput(tf.distribute.get_strategy(), tf.data.Dataset.range(10).batch(2))
 >>> iterator = iter(inputs.dataset)
->>> tf.train.Checkpoint(data=iterator).save("checkpoints/input-0/ckpt")
+>>> next(iterator).numpy()
+array([0, 1])
+>>> saved = tf.train.Checkpoint(data=iterator).save("checkpoints/input-0/ckpt")
+>>> next(iterator).numpy()
+array([2, 3])
+>>> _ = tf.train.Checkpoint(data=iterator).restore(saved)
+>>> next(iterator).numpy()  # the position after the save
+array([2, 3])
 """
 
 import copy
@@ -57,8 +64,11 @@ class ReplicaInput:
         """The same input after its first `steps` steps (read and dropped)."""
         return self._with(self.dataset.skip(steps * self.elements_per_step))
 
-    def first(self, steps: int) -> "ReplicaInput":
-        """The first `steps` steps of the input, kept in memory after the first pass."""
+    def first(self, steps: int | None) -> "ReplicaInput":
+        """The first `steps` steps of the input (all of it with `None`), kept in memory
+        after the first pass."""
+        if steps is None:
+            return self._with(self.dataset.cache())
         return self._with(self.dataset.take(steps * self.elements_per_step).cache())
 
     def next(self, iterator):

@@ -3,7 +3,7 @@
     python -m tools.benchmark pipeline [--tasks causal_lm,bert_pretraining] [--write]
 
 The benchmark-size models (`gpt_bench` / `bert_bench`: 4 layers, d 256, vocab 8192,
-T 128, batch 16) train through `tfllm.training.Trainer`'s step on two iterators: the real
+T 128, batch 16) train through `tfllm.trainer.Trainer`'s step on two iterators: the real
 pipeline (`pipelines.datasets.pretraining_dataset_fn` over Shakespeare's plays: file
 reading, shuffling, in-graph WordPiece, packing or NSP pairs + dynamic masking) and the
 first real batch repeated from memory. The ratio shows what the input pipeline costs the
@@ -23,7 +23,7 @@ from tfllm.config import RunConfig
 from tfllm.pretraining import build_model, build_preprocessor, default_corpus
 from tfllm.replica_input import ReplicaInput
 from tfllm.tokenizers import train_wordpiece
-from tfllm.training import Trainer
+from tfllm.trainer import Trainer
 from tools.benchmarks import header, write_section
 from tools.benchmarks.train import comma_list
 
@@ -61,7 +61,7 @@ def timers_for(task: str, tokenizer, files, steps: int) -> dict:
         return tf.data.Dataset.from_tensors(first).repeat()
 
     model = build_model(config, tokenizer.vocabulary_size())
-    trainer = Trainer(model, tf.distribute.get_strategy(), "unused", steps=0, verbose=False)
+    trainer = Trainer(model, tf.distribute.get_strategy(), "unused", steps=1, verbose=False)
     trainer._build(real)
     return {
         (task, "real"): step_timer(trainer, real, steps),
