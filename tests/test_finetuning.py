@@ -3,6 +3,7 @@
 import collections
 import json
 import random
+import sys
 
 import keras
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from pipelines import labelled
+from tests.workers import run_workers
 from tfllm import assets
 from tfllm.config import RunConfig
 from tfllm.finetuning import (
@@ -325,6 +327,8 @@ def test_a_killed_finetune_resumes_to_the_same_weights_history_and_best(files, m
     run = files / "runs" / "killed"
     assert (run / "checkpoints" / "input-0" / "ckpt-4.index").is_file()
     assert not (run / "model.keras").exists()
+    with pytest.raises(ValueError, match="batch_size: 16 -> 8"):
+        finetune(finetune_config(files, name="killed", **changes, batch_size=8), verbose=False)
     resumed = finetune(finetune_config(files, name="killed", **changes), verbose=False)
     assert {k: v for k, v in resumed.items() if k != "run_dir"} == {
         k: v for k, v in whole.items() if k != "run_dir"
@@ -358,6 +362,24 @@ def test_mirrored_finetuning_equals_one_device(files, tmp_path, init_from):
         model = keras.saving.load_model(files / "runs" / strategy / "model.keras")
         weights.append(model.get_weights())
     assert max(float(np.abs(a - b).max()) for a, b in zip(*weights, strict=True)) < 1e-5
+
+
+@pytest.mark.slow
+def test_two_worker_finetuning_equals_one_device(files):
+    """Multi-worker fine-tuning (two processes, one replica each) takes the same steps as
+    one device, and only the chief writes the run's files."""
+    changes = dict(steps=4, log_every=2, warmup_steps=2, model_overrides={"dropout": 0.0},
+                   max_train_examples=64)  # fmt: skip
+    finetune(finetune_config(files, name="one", **changes), verbose=False)
+    config = finetune_config(files, name="two", strategy="multi_worker", **changes)
+    config.save(files / "two.json")
+    run_workers([sys.executable, "-m", "tools.train", f"--config={files / 'two.json'}", "--quiet"])
+    models = [keras.saving.load_model(files / "runs" / n / "model.keras") for n in ("one", "two")]
+    diffs = [np.abs(a - b).max() for a, b in zip(*(m.get_weights() for m in models), strict=True)]
+    assert max(diffs) < 1e-5
+    checkpoints = files / "runs" / "two" / "checkpoints"
+    assert (checkpoints / "best.weights.h5").is_file()
+    assert not list(checkpoints.glob(".worker-1*/*.index"))
 
 
 def test_tools_train_finetunes_from_a_run_dir(files):

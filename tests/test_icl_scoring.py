@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import randomize_weights
-from tfllm.demonstrations import BM25Selector, PromptBuilder
+from tfllm.demonstrations import BM25Selector, PromptBuilder, evaluate_icl, icl_markdown
 from tfllm.demonstrations.scoring import few_shot_label_scores, score_label_words
 from tfllm.models import CausalLM, GPTBackbone
 from tfllm.preprocessing import CausalLMPreprocessor
@@ -134,3 +134,52 @@ def test_errors(word_tokenizer, prompts, labels, kwargs, error, match):
     kwargs = {"bos_token_id": 1, **kwargs}
     with pytest.raises(error, match=match):
         score_label_words(lm, word_tokenizer, prompts, labels, **kwargs)
+
+
+# --- the ICL table: accuracy per selector and k -----------------------------------------------
+
+
+def test_icl_table_accuracy_is_the_hand_scored_answers(word_tokenizer):
+    """Each cell: the label word of highest hand log-likelihood, compared with the labels."""
+    lm = causal_lm(word_tokenizer.vocabulary_size())
+    pool = [("good film", 1), ("bad plot", 0), ("fine acting", 1), ("bad story", 0)]
+    queries = [("great film", 1), ("bad acting", 0), ("good story", 1), ("bad film", 0)]
+    templates = dict(example_template="{text} is {label} . ", query_template="{text} is")
+    report = evaluate_icl(lm, word_tokenizer, pool, queries, ["neg", "pos"], shots=(0, 1),
+                          selectors=("random", "bm25"), bos_token_id=None, **templates)  # fmt: skip
+    assert report["query_majority"] == 0.5 and report["shots"] == [0, 1]
+    builder = PromptBuilder(word_tokenizer, 64, label_names=["neg", "pos"], **templates)
+    bm25 = BM25Selector([t for t, _ in pool], [y for _, y in pool])
+    shown = [[pool[i] for i in row] for row in bm25.select([t for t, _ in queries], 1)]
+    for k, examples in ((0, [[] for _ in queries]), (1, shown)):
+        prompts = builder.build_batch([t for t, _ in queries], examples)
+        answers = [
+            np.argmax(
+                [hand_log_likelihood(lm, word_tokenizer, p, w, [])[0] for w in ("neg", "pos")]
+            )
+            for p in prompts
+        ]
+        accuracy = np.mean([a == y for a, (_, y) in zip(answers, queries, strict=True)])
+        assert report["accuracy"]["bm25"][str(k)] == pytest.approx(accuracy)
+    # Zero-shot prompts are the same whatever the selector.
+    assert report["accuracy"]["random"]["0"] == report["accuracy"]["bm25"]["0"]
+    assert "| bm25 |" in icl_markdown(report, "gpt_tiny", "cmd")
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        (dict(selectors=("knn",)), r"\['knn'\] need an `encoder`"),
+        (dict(selectors=("nearest",)), r"`selectors` must be names of"),
+        (dict(shots=(0, -1)), r"`shots` must be non-negative ints"),
+        (dict(queries=[("good", 2)]), r"`queries\[0\]`'s label must be an id in \[0, 2\)"),
+        (dict(pool=[]), r"`pool` must be a non-empty list"),
+    ],
+)
+def test_icl_table_errors(word_tokenizer, changes, match):
+    lm = causal_lm(word_tokenizer.vocabulary_size())
+    arguments = dict(pool=[("good film", 1)], queries=[("bad", 0)], shots=(0,),
+                     selectors=("random",))  # fmt: skip
+    arguments.update(changes)
+    with pytest.raises(ValueError, match=match):
+        evaluate_icl(lm, word_tokenizer, label_words=["neg", "pos"], **arguments)

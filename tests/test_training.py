@@ -1,10 +1,8 @@
 """Training loop: schedule, optimizer, resume after a kill, Mirrored and multi-worker runs."""
 
 import collections
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 from tests import train_tiny
+from tests.workers import run_workers
 from tfllm.config import RunConfig
 from tfllm.trainer import Trainer
 from tfllm.training import (
@@ -248,35 +247,9 @@ def test_killed_run_resumes_at_same_step_and_data(tmp_path):
     )
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 @pytest.mark.slow
 def test_two_worker_processes_end_with_identical_weights(tmp_path):
-    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
-    processes = []
-    for index in range(2):
-        tf_config = json.dumps(
-            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        )
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, SCRIPT, str(tmp_path), "6", "multi_worker", "3"],
-                env=_env(TF_CONFIG=tf_config),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-            )
-        )
-    for process in processes:
-        output, _ = process.communicate(timeout=300)
-        assert process.returncode == 0, output.decode()[-3000:]
+    run_workers([sys.executable, SCRIPT, str(tmp_path), "6", "multi_worker", "3"])
     first, second = (_weights(tmp_path / f"weights-{i}.npz") for i in range(2))
     assert _max_diff(first, second) == 0.0
     assert (tmp_path / "checkpoints" / "ckpt-6.index").exists()

@@ -47,6 +47,7 @@ from tfllm.models import PRESETS, BertBackbone, TextClassifier, TokenClassifier
 from tfllm.models.preset_io import read_preset, with_overrides
 from tfllm.plots import plot_history
 from tfllm.preprocessing import BertPreprocessor, TokenClassificationPreprocessor
+from tfllm.pretraining import check_resume
 from tfllm.tokenizers import Tokenizer, WordPieceTokenizer, load_tokenizer, save_tokenizer
 from tfllm.trainer import Trainer
 from tfllm.training import make_optimizer, make_strategy
@@ -234,11 +235,12 @@ def finetune(config: RunConfig, verbose: bool = True) -> dict:
     every `log_every` steps (`validation_steps` is a pretraining setting); it stops early
     after `early_stopping_patience` evaluations without a better validation accuracy
     (entity F1 for token classification). The best weights are restored at the end and
-    scored on the test split. Rerunning an interrupted run resumes it.
+    scored on the test split. Rerunning an interrupted run resumes it (`check_resume`).
     """
     if config.task not in ("classification", "token_classification"):
         raise ValueError(f"`task` must be a fine-tuning task. Received: {config.task!r}")
     data = load_data(config)
+    check_resume(config, expand_files(config.train_files) if config.train_files else [])
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(config.precision)  # the head's layers follow it
     try:

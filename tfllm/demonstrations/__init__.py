@@ -5,7 +5,10 @@ Selectors (`select(queries, k) -> list[list[int]]`, pool indices in prompt order
 `MMRSelector`, `VoteKSelector`. Embeddings: `SentenceEncoder` (mean pooling, cosine),
 `embed_pool` (computed once, cached on disk), `top_k_similar` (chunked matrix products).
 Prompts: `PromptBuilder` (templates, token budget), `few_shot` with any text generator
-(`causal_lm_generator`, `signature_generator`). Evaluation: `evaluate_demonstrations`.
+(`causal_lm_generator`, `signature_generator`). Scoring by a causal LM:
+`score_label_words`, `few_shot_label_scores` (likelihood of each label word),
+`evaluate_icl` (accuracy per selector and k). Evaluation of the selections themselves:
+`evaluate_demonstrations`.
 
 Example:
 >>> from tfllm.demonstrations import KNNSelector, minilm_encoder
@@ -23,12 +26,14 @@ from tfllm.demonstrations.evaluation import (
     report_markdown,
     selection_metrics,
 )
+from tfllm.demonstrations.icl import evaluate_icl, icl_markdown
 from tfllm.demonstrations.prompts import (
     PromptBuilder,
     causal_lm_generator,
     few_shot,
     signature_generator,
 )
+from tfllm.demonstrations.scoring import few_shot_label_scores, score_label_words
 from tfllm.demonstrations.selectors import (
     BalancedSelector,
     BM25Selector,
@@ -53,9 +58,13 @@ __all__ = [
     "causal_lm_generator",
     "embed_pool",
     "evaluate_demonstrations",
+    "evaluate_icl",
     "few_shot",
+    "few_shot_label_scores",
+    "icl_markdown",
     "minilm_encoder",
     "report_markdown",
+    "score_label_words",
     "selection_metrics",
     "signature_generator",
     "top_k_similar",
