@@ -382,6 +382,24 @@ def test_two_worker_finetuning_equals_one_device(files):
     assert not list(checkpoints.glob(".worker-1*/*.index"))
 
 
+def test_lora_finetuning_keeps_the_backbone_outside_the_adapters(files, tmp_path):
+    start = tiny_bert(dropout=0.0)
+    start.save(tmp_path / "backbone.keras")
+    config = finetune_config(files, init_from=str(tmp_path / "backbone.keras"), lora_rank=2,
+                             steps=20, log_every=10)  # fmt: skip
+    summary = finetune(config, verbose=False)
+    assert summary["steps"] == 20
+    model = keras.saving.load_model(files / "runs" / "classification" / "model.keras")
+    assert model.backbone.lora_rank is None  # merged
+    for name in ("token_embedding", "position_embedding", "embeddings_norm"):
+        for a, b in zip(getattr(model.backbone, name).get_weights(),
+                        getattr(start, name).get_weights(), strict=True):  # fmt: skip
+            np.testing.assert_array_equal(a, b)
+    changed = [not np.array_equal(a, b) for a, b in zip(
+        model.backbone.get_weights(), start.get_weights(), strict=True)]  # fmt: skip
+    assert any(changed)  # the adapted projections moved
+
+
 def test_tools_train_finetunes_from_a_run_dir(files):
     run_dir = files / "pretrained"
     pretrained = MaskedLM(tiny_bert())
@@ -451,6 +469,8 @@ def test_labels_outside_num_classes_fail_before_training(files):
             "layerwise_lr_decay",
         ),  # fmt: skip
         (["--task=classification", "--dataset=rotten_tomatoes", "--freeze=1"], "Unknown"),
+        (["--task=classification", "--dataset=rotten_tomatoes", "--lora_rank=-1"], "lora_rank"),
+        (["--task=classification", "--dataset=rotten_tomatoes", "--lora_rank=4"], "init_from"),
     ],
 )
 def test_bad_finetuning_configs_fail_at_load(overrides, match):

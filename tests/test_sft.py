@@ -336,6 +336,30 @@ def test_sft_run_learns_a_toy_task_and_answers_raw_prompts(tokenizer, tmp_path):
     assert train.main([*again, "--checkpoint_every=2"])["step"] == 2
 
 
+def test_lora_sft_run_trains_the_adapters_only_and_saves_them_merged(tokenizer, tmp_path):
+    base_folder = gpt_preset(tokenizer, tmp_path / "gpt")
+    summary = train.main(sft_args(tmp_path, base_folder, "lora", lora_rank=4, steps=4,
+                                  log_every=2, checkpoint_every=4))  # fmt: skip
+    assert summary["step"] == 4
+    run = tmp_path / "runs" / "lora"
+    merged = keras.saving.load_model(run / "model.keras")
+    assert merged.backbone.lora_rank is None  # exported without adapters
+    # The base model plus the saved adapters, unmerged, gives the merged model's logits.
+    unmerged = CausalLM.from_preset(base_folder)
+    unmerged.backbone.load_lora_weights(run / "adapters.lora.h5")
+    ids = np.random.default_rng(0).integers(5, len(VOCAB), (2, 8)).astype("int32")
+    x = {"token_ids": ids, "padding_mask": np.ones_like(ids)}
+    packed = {**x, "segment_ids": np.ones_like(ids)}  # the run's backbone is packed: one example
+    np.testing.assert_allclose(merged(packed), unmerged(x), atol=1e-5)
+    base = CausalLM.from_preset(base_folder)
+    assert not np.allclose(merged(packed), base(x), atol=1e-4)  # the adapters did train
+    # Everything outside the adapted projections is the starting point's.
+    for name in ("token_embedding", "position_embedding"):
+        a, b = (m.backbone.get_layer(name).get_weights() for m in (merged, base))
+        for u, v in zip(a, b, strict=True):
+            np.testing.assert_array_equal(u, v)
+
+
 def test_sft_run_without_packing_from_a_hugging_face_gpt2(tmp_path):
     vocabulary = byte_level_vocabulary()
     source = keras_hub.models.GPT2Backbone(

@@ -90,6 +90,12 @@ class RunConfig:
     "user", "assistant"}` formats, missing ones from `ChatTemplate()`; stored whole once
     loaded), `packed` (several examples per row, no attention between them).
 
+    LoRA (`init_from` runs: continued pretraining, SFT, fine-tuning): `lora_rank` (0 = off)
+    adds low-rank adapters to the backbone's attention and feed-forward projections
+    (`Backbone.enable_lora`); only they (and a fine-tuning task's head) train.
+    `model.keras` holds the merged weights; pretraining and SFT runs also write the
+    adapters alone to `adapters.lora.h5`.
+
     Tuning: `search_space` (`{field or model setting: values or range}`, read by
     `tfllm.tuning`; training runs ignore it).
     """
@@ -138,6 +144,7 @@ class RunConfig:
     early_stopping_patience: int = 0
     chat_template: dict = dataclasses.field(default_factory=dict)
     packed: bool = True
+    lora_rank: int = 0
     search_space: dict = dataclasses.field(default_factory=dict)  # tfllm.tuning
 
     def __post_init__(self):
@@ -178,6 +185,14 @@ class RunConfig:
             )
         if self.learning_rate <= 0:
             raise ValueError(f"`learning_rate` must be positive. Received: {self.learning_rate}")
+        if self.lora_rank < 0:
+            raise ValueError(
+                f"`lora_rank` must be a positive int (0: no LoRA). Received: {self.lora_rank}"
+            )
+        if self.lora_rank and not self.init_from:
+            raise ValueError(
+                f"`lora_rank={self.lora_rank}` adapts a trained model: it needs `init_from`."
+            )
         for name in ("max_train_examples", "freeze_layers", "early_stopping_patience"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0. Received: {getattr(self, name)}")

@@ -181,6 +181,8 @@ def build_task(config: RunConfig, backbone: BertBackbone, label_names) -> tuple[
         metrics = dict(weighted_metrics=[accuracy, EntityF1(list(label_names))])
         monitor = "val_entity_f1"
     freeze_lower_layers(backbone, config.freeze_layers)
+    if config.lora_rank:  # the adapters and the head train; the backbone stays as loaded
+        backbone.enable_lora(config.lora_rank)
     multipliers = None
     if config.layerwise_lr_decay != 1:
         multipliers = layerwise_learning_rate_multipliers(model, config.layerwise_lr_decay)
@@ -297,6 +299,10 @@ def _finetune(config: RunConfig, data: labelled.LabelledData, verbose: bool) -> 
         summary.update(trainer.evaluate(test, steps=None, prefix="test_"))
     summary.update(baseline(config.task, data))
     if trainer.is_chief:
+        if config.lora_rank:  # merged: no extra cost in exports
+            # The best weights were saved merged (Keras's `Dense` saves LoRA layers so), and
+            # loading them zeroed the adapters: merging now keeps the best model.
+            model.backbone.merge_lora()
         _save_model(model, run_dir / "model.keras", preprocessor)
         atomic_write(run_dir / "metrics.json", json.dumps(summary, indent=1))
         plot_history(history, run_dir / "curves.png")

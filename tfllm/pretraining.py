@@ -118,6 +118,8 @@ def build_model(config: RunConfig, vocabulary_size: int, start=None) -> keras.Mo
     """
     if start is not None:
         model = continued_model(config, start)
+        if config.lora_rank:
+            model.backbone.enable_lora(config.lora_rank)
         return _compile(config, model)
     if config.model not in PRESETS:
         raise ValueError(f"`model` must be one of {sorted(PRESETS)}. Received: {config.model!r}")
@@ -282,6 +284,10 @@ def _pretrain(config: RunConfig, files: list, validation_files: list, verbose: b
     if trainer.is_chief:
         # Saved with its preprocessor, so the loaded task takes raw text (`generate`, `fit`).
         model.preprocessor = preprocessor
+        if config.lora_rank:  # the adapters alone, then merged: no extra cost in exports
+            model.backbone.save_lora_weights(run_dir / "adapters.lora.h5")
+            model.backbone.merge_lora()
+            _compile(config, model)  # an optimizer of the merged model's variables
         with atomic_path(run_dir / "model.keras") as temp:
             model.save(temp)
         if history["step"]:
