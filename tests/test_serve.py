@@ -23,7 +23,7 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from export import serve
+from export import registry
 from export.saved_model import export_saved_model
 from export.serve import WARMUP_FILE, ModelConfig, ModelServer
 from tfllm.models import BertBackbone, TextClassifier
@@ -322,9 +322,9 @@ def test_a_failed_version_is_retried_when_its_folder_changes(tmp_path, monkeypat
     # Version 2 half copied: its graph is there, its variables are not yet.
     shutil.copytree(staging / "2", base / "2", ignore=shutil.ignore_patterns("variables"))
     loads = []
-    load = serve._Version.load
+    load = registry.Version.load
     monkeypatch.setattr(
-        serve._Version, "load", classmethod(lambda cls, p, n: loads.append(n) or load(p, n))
+        registry.Version, "load", classmethod(lambda cls, p, n: loads.append(n) or load(p, n))
     )
     url = None
 
