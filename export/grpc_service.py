@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import tensorflow as tf
+from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -52,6 +53,11 @@ from export.rest_json import RequestError
 
 CLASSIFY, REGRESS = "tensorflow/serving/classify", "tensorflow/serving/regress"
 _CODES = {code.value[0]: code for code in grpc.StatusCode}  # TF error codes are gRPC's
+
+
+def _dtype_name(dtype: int) -> str:
+    """TensorFlow's `DataTypeString`, as in its messages: `float`, `string`, `int32`."""
+    return types_pb2.DataType.Name(dtype).removeprefix("DT_").lower()
 
 
 def _spec(spec, number: int | None = None, signature: str | None = None):
@@ -141,9 +147,9 @@ class _Services(
         for index, name in enumerate(sorted(specs)):
             spec, proto = specs[name], tensors[name]
             if proto.dtype != spec.dtype.as_datatype_enum:
-                sent_dtype = tf.dtypes.as_dtype(proto.dtype).name if proto.dtype else "invalid"
                 raise RequestError(
-                    f"Expects arg[{index}] to be {spec.dtype.name} but {sent_dtype} is provided"
+                    f"Expects arg[{index}] to be {_dtype_name(spec.dtype.as_datatype_enum)} "
+                    f"but {_dtype_name(proto.dtype)} is provided"
                 )
             try:
                 array = tf.make_ndarray(proto)

@@ -26,18 +26,13 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from export.registry import ModelConfig
+from export.text_proto import parse
 
 
 def parse_model_server_config(text: str, source: str = "model config"):
     """`text` as a `ModelServerConfig` proto; `ValueError` naming the line it could not
     parse (`source` names the file in the message)."""
-    try:
-        return text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
-    except text_format.ParseError as error:
-        line = error.GetLine()
-        lines = text.splitlines()
-        shown = f" ({lines[line - 1].strip()!r})" if line and line <= len(lines) else ""
-        raise ValueError(f"Malformed {source}, line {line}{shown}: {error}") from None
+    return parse(text, model_server_config_pb2.ModelServerConfig(), source)
 
 
 def model_configs(config) -> list[ModelConfig]:

@@ -22,7 +22,7 @@ import bisect
 import threading
 from collections import defaultdict
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+from export.text_proto import message_class, parse
 
 PATH = "/monitoring/prometheus/metrics"
 PREFIX = ":tensorflow:serving:"
@@ -31,37 +31,14 @@ LATENCY_BUCKETS_US = tuple(10 * 1.8**i for i in range(33))  # 10 Âµs .. ~1.5e9 Â
 BATCH_BUCKETS = tuple(2**i for i in range(15))
 
 
-def _monitoring_config_class():
-    """TF Serving's `MonitoringConfig` message (its proto is not in tensorflow-serving-api)."""
-    file = descriptor_pb2.FileDescriptorProto(
-        name="tfllm_monitoring_config.proto", package="tensorflow.serving", syntax="proto3"
-    )
-    prometheus = file.message_type.add(name="PrometheusConfig")
-    field = descriptor_pb2.FieldDescriptorProto
-    prometheus.field.add(name="enable", number=1, type=field.TYPE_BOOL, label=field.LABEL_OPTIONAL)
-    prometheus.field.add(name="path", number=2, type=field.TYPE_STRING, label=field.LABEL_OPTIONAL)
-    config = file.message_type.add(name="MonitoringConfig")
-    config.field.add(
-        name="prometheus_config", number=1, type=field.TYPE_MESSAGE,
-        type_name=".tensorflow.serving.PrometheusConfig", label=field.LABEL_OPTIONAL,
-    )  # fmt: skip
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(file)
-    descriptor = pool.FindMessageTypeByName("tensorflow.serving.MonitoringConfig")
-    return message_factory.GetMessageClass(descriptor)
-
-
 def parse_monitoring_config(text: str) -> str | None:
     """The metrics path a `MonitoringConfig` text proto enables (`None`: disabled).
 
     Raises `ValueError` naming the line it could not parse.
     """
-    config = _monitoring_config_class()()
-    try:
-        text_format.Parse(text, config)
-    except text_format.ParseError as error:
-        raise ValueError(f"Malformed monitoring config: {error}") from None
-    prometheus = config.prometheus_config
+    message_class("PrometheusConfig", {"enable": "bool", "path": "string"})
+    config_class = message_class("MonitoringConfig", {"prometheus_config": "PrometheusConfig"})
+    prometheus = parse(text, config_class(), "monitoring config").prometheus_config
     return (prometheus.path or PATH) if prometheus.enable else None
 
 

@@ -88,7 +88,8 @@ class ModelServer:
         max_batch_size: most rows in one request, and in one merged batch.
         batch_timeout_micros: longest a request waits for others to join its batch.
         num_batch_threads: batches of one signature that may run at once.
-        poll_seconds: how often the base paths are checked for new versions.
+        poll_seconds: how often the base paths are checked for new versions (`None`:
+            only at start and `reload`).
         max_body_bytes: largest request body (REST: HTTP 413; gRPC: message size).
         monitoring_path: serve Prometheus metrics at this URL path (`None`: off).
         rest_timeout_s: a REST request running longer gets HTTP 504 (`None`: no limit).
@@ -102,7 +103,7 @@ class ModelServer:
         max_batch_size: int = 128,
         batch_timeout_micros: int = 2000,
         num_batch_threads: int = 2,
-        poll_seconds: float = 2.0,
+        poll_seconds: float | None = 2.0,
         max_body_bytes: int = 16 << 20,
         monitoring_path: str | None = None,
         rest_timeout_s: float | None = None,
@@ -111,7 +112,7 @@ class ModelServer:
             ("max_batch_size", max_batch_size),
             ("batch_timeout_micros", batch_timeout_micros + 1),
             ("num_batch_threads", num_batch_threads),
-            ("poll_seconds", poll_seconds),
+            ("poll_seconds", 1 if poll_seconds is None else poll_seconds),
             ("max_body_bytes", max_body_bytes),
             ("rest_timeout_s", 1 if rest_timeout_s is None else rest_timeout_s),
         ):
@@ -207,11 +208,10 @@ class ModelServer:
         with self._batcher_lock:
             if self._batch_loop is None:
                 self._batch_loop = asyncio.new_event_loop()
-                thread = threading.Thread(
+                self._batch_thread = threading.Thread(
                     target=self._batch_loop.run_forever, name="tfllm-batching", daemon=True
                 )
-                thread.start()
-                self._threads.append(thread)
+                self._batch_thread.start()
             if signature not in version.batchers:
 
                 def call(merged: dict) -> dict:
@@ -321,7 +321,8 @@ class ModelServer:
                 logger.error("polling failed: %s", error)
 
     def _start_polling(self) -> None:
-        if not any(t.name == "tfllm-serve-poll" for t in self._threads):
+        polling = any(t.name == "tfllm-serve-poll" for t in self._threads)
+        if self.poll_seconds is not None and not polling:
             poller = threading.Thread(target=self._poll, name="tfllm-serve-poll", daemon=True)
             poller.start()
             self._threads.append(poller)
@@ -367,20 +368,17 @@ class ModelServer:
     def serve_forever(
         self, host: str = "127.0.0.1", port: int | None = 8501, grpc_port: int | None = None
     ) -> None:
-        """Serves in this thread until SIGINT/SIGTERM, then drains the requests in flight."""
-        self._start_polling()
-        if grpc_port is not None:
-            self._start_grpc(host, grpc_port)
-        logger.warning("serving %s: REST %s, gRPC %s", sorted(self.models), port, grpc_port)
+        """Serves until SIGINT/SIGTERM, then answers the requests in flight and returns."""
+        signalled = threading.Event()
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, lambda *_: signalled.set())
+        self.start(host, port, grpc_port)
+        logger.warning(
+            "serving %s: REST %s, gRPC %s", sorted(self.models), self.url, self.grpc_address
+        )
         try:
-            if port is None:
-                stop = threading.Event()
-                for number in (signal.SIGINT, signal.SIGTERM):
-                    signal.signal(number, lambda *_: stop.set())
-                stop.wait()
-            else:  # uvicorn ends on SIGTERM once its requests in flight are answered
-                server, sock = self._server(host, port)
-                server.run([sock])
+            while not signalled.wait(1.0):
+                pass
         finally:
             self.stop()
 
@@ -388,15 +386,22 @@ class ModelServer:
         """Stops serving and polling; requests in flight get `grace_s` to finish."""
         self._stopping.set()
         if self._uvicorn is not None:
-            self._uvicorn.should_exit = True
+            self._uvicorn.should_exit = True  # uvicorn answers the requests it has, then ends
         if self._grpc is not None:
             self._grpc.stop(grace_s)
-        if self._batch_loop is not None:
-            self._batch_loop.call_soon_threadsafe(self._batch_loop.stop)
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(timeout=grace_s)
         self._threads.clear()
+        if self._batch_loop is not None:  # last: the requests drained above may need it
+            loop, self._batch_loop = self._batch_loop, None
+            loop.call_soon_threadsafe(loop.stop)
+            self._batch_thread.join(timeout=grace_s)
+            tasks = asyncio.all_tasks(loop)  # idle batchers' loops
+            for task in tasks:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            loop.close()
 
     def __enter__(self) -> "ModelServer":
         return self

@@ -32,6 +32,7 @@ MODULES = [
     "export.rest_json",
     "export.saved_model",
     "export.serve",
+    "export.text_proto",
     "pipelines.clean",
     "pipelines.collect",
     "pipelines.dedup",
