@@ -5,6 +5,8 @@ Serving's codes and messages) and reloading; `test_every_signature_of_every_expo
 serves real tfllm exports and compares gRPC and REST answers with in-process calls.
 """
 
+import base64
+
 import grpc
 import numpy as np
 import pytest
@@ -261,4 +263,113 @@ def test_reload_config_serves_the_new_model_list(toy_base):
         assert error.value.code() == INVALID
         assert "`base_path` must be a folder" in error.value.details()
         assert sorted(server.models) == ["both", "old"]  # a bad config changes nothing
+        channel.close()
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """One tiny export of each kind: `(base path, {model name: tokenizer})`."""
+    import keras
+
+    from export.saved_model import export_saved_model
+    from tfllm.models import (
+        BertBackbone,
+        CausalLM,
+        GPTBackbone,
+        MaskedLM,
+        TextClassifier,
+        TokenClassifier,
+    )
+    from tfllm.tokenizers import WordPieceTokenizer
+
+    words = ["the", "a", "cat", "sat", "on", "mat", ".", "paris", "is", "alice", "flew", "to"]
+    tokenizer = WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])
+    keras.utils.set_random_seed(4)
+    size = {"vocabulary_size": len(tokenizer.vocabulary), "max_sequence_length": 16}
+    bert = BertBackbone.from_preset("bert_tiny", dropout=0.0, **size)
+    gpt = GPTBackbone.from_preset("gpt_tiny", dropout=0.0, **{**size, "max_sequence_length": 32})
+    base = tmp_path_factory.mktemp("exports")
+    models = {
+        "classifier": (TextClassifier(bert, 3, dropout=0.0), {"label_names": ["n", "o", "p"]}),
+        "encoder": (bert, {}),
+        "masked_lm": (MaskedLM(bert), {"top_k": 3}),
+        "tagger": (TokenClassifier(bert, 3, dropout=0.0), {"label_names": ["O", "B-x", "I-x"]}),
+        "causal_lm": (CausalLM(gpt), {"max_new_tokens": 4}),
+    }
+    for name, (model, options) in models.items():
+        export_saved_model(model, base, name, tokenizer=tokenizer, validate=False, **options)
+    return base, tokenizer, models
+
+
+def assert_equal_answers(expected: dict, got: dict, transport: str) -> None:
+    """Strings and ints identical, floats within 1e-5; `got` holds arrays or JSON values."""
+    assert sorted(got) == sorted(expected), transport
+    for name, want in expected.items():
+        value = got[name]
+        if want.size == 0:  # JSON has no shape for empty arrays
+            assert np.size(value) == 0, (transport, name, value)
+        elif want.dtype == object:
+            if not isinstance(value, np.ndarray):  # JSON: text, or {"b64": ...} for bytes
+                decode = lambda v: v.encode() if isinstance(v, str) else base64.b64decode(v["b64"])  # noqa: E731, E501
+                value = np.vectorize(decode, otypes=[object])(np.array(value, dtype=object))
+            assert np.array_equal(value, want), (transport, name, value, want)
+        elif want.dtype.kind == "f":
+            np.testing.assert_allclose(value, want, atol=1e-5, err_msg=f"{transport} {name}")
+        else:
+            assert np.array_equal(value, want), (transport, name, value, want)
+
+
+DEFAULTS = {"classifier": "classify", "encoder": "embed", "masked_lm": "fill_mask",
+            "tagger": "tag", "causal_lm": "generate"}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_every_signature_of_every_export(exports):
+    """gRPC `Predict` and REST `:predict` against in-process calls of the same SavedModel,
+    for each kind of tfllm export; the classifier also through `Classify` and `:classify`."""
+    from export.saved_model import example_inputs
+
+    base, tokenizer, models = exports
+    configs = [ModelConfig(name, str(base / name)) for name in models]
+    with ModelServer(configs) as server:
+        server.start(grpc_port=0)
+        channel = grpc.insecure_channel(server.grpc_address)
+        prediction = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        seen = set()
+        for name in models:
+            loaded = server.models[name].versions[1]  # the server's copy, called directly
+            for signature, function in loaded.signatures.items():
+                kind = DEFAULTS[name] if signature == "serving_default" else signature
+                inputs = example_inputs(kind, tokenizer)
+                tensors = {k: tf.constant(v) for k, v in inputs.items()}
+                expected = {k: v.numpy() for k, v in function(**tensors).items()}
+                request = predict_request(inputs, name, signature)
+                response = prediction.Predict(request, timeout=60)
+                got = {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+                assert_equal_answers(expected, got, f"gRPC {name}/{signature}")
+                columns = {k: v.tolist() for k, v in inputs.items()}
+                columns = {
+                    k: [s.decode() if isinstance(s, bytes) else s for s in v]
+                    for k, v in columns.items()
+                }  # noqa: E501
+                body = {"signature_name": signature, "inputs": columns}
+                status, answer = http(f"{server.url}/v1/models/{name}:predict", body)
+                assert status == 200, answer
+                outputs = answer["outputs"]
+                outputs = outputs if len(expected) > 1 else {next(iter(expected)): outputs}
+                assert_equal_answers(expected, outputs, f"REST {name}/{signature}")
+                seen.add((name, signature))
+        assert {s for _, s in seen} >= {
+            "classify", "embed", "fill_mask", "tag", "generate", "generate_with_options"
+        }  # fmt: skip
+        texts = ["the cat sat on the mat .", "alice flew to paris"]
+        classify = server.models["classifier"].versions[1].signatures["classify"]
+        expected = classify(text=tf.constant(texts))
+        request = classification_pb2.ClassificationRequest()
+        request.model_spec.name = "classifier"
+        request.input.example_list.examples.extend(examples(texts))
+        rows = prediction.Classify(request, timeout=60).result.classifications
+        assert [[c.label for c in row.classes] for row in rows] == [["n", "o", "p"]] * 2
+        scores = [[c.score for c in row.classes] for row in rows]
+        np.testing.assert_allclose(scores, expected["probabilities"].numpy(), atol=1e-5)
         channel.close()
