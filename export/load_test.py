@@ -16,6 +16,8 @@ Example:
 >>> call = http_caller("http://127.0.0.1:8501/v1/models/m:predict", bodies, check)
 >>> result = run_load(call, count=1000, concurrency=32)  # needs a server # doctest: +SKIP
 >>> result.requests_per_s, result.percentile_ms(50), result.percentile_ms(99)  # doctest: +SKIP
+
+`grpc_caller` does the same over gRPC with `PredictRequest`s and `PredictionServiceStub`.
 """
 
 import dataclasses
@@ -27,7 +29,9 @@ import urllib.parse
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import numpy as np
+from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 
 @dataclasses.dataclass
@@ -93,5 +97,20 @@ def http_caller(
         if response.status != 200:
             raise RuntimeError(f"HTTP {response.status}: {answer}")
         check(i, answer)
+
+    return call
+
+
+def grpc_caller(
+    address: str, requests: Sequence, check: Callable[[int, object], None]
+) -> Callable[[int], None]:
+    """`call(i)`: sends `requests[i % len(requests)]` (`PredictRequest`s) to `Predict` at
+    `address` (`host:port`) over one shared channel; raises unless `check(i, response)`
+    passes (a gRPC error raises `grpc.RpcError`)."""
+
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(address))
+
+    def call(i: int) -> None:
+        check(i, stub.Predict(requests[i % len(requests)], timeout=60))
 
     return call

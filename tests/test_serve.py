@@ -363,7 +363,8 @@ def test_tools_serve_command(toy_base, tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "tools.serve", f"--model=toy={toy_base}:1", f"--port={port}"]
+    command = [sys.executable, "-m", "tools.serve", f"--model=toy={toy_base}:1", "--port=0"]
+    command.append(f"--rest_api_port={port}")
     log = tmp_path / "serve.log"
     with open(log, "wb") as stderr:
         process = subprocess.Popen(command, stderr=stderr, cwd=Path(__file__).parents[1])
