@@ -5,8 +5,6 @@ Serving's codes and messages) and reloading; `test_every_signature_of_every_expo
 serves real tfllm exports and compares gRPC and REST answers with in-process calls.
 """
 
-import base64
-
 import grpc
 import numpy as np
 import pytest
@@ -25,6 +23,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
+from export.load_test import compare_outputs
 from export.serve import ModelConfig, ModelServer
 from tests.test_serve import LABELS, SENTENCES, expected_probabilities, http, write_toy_model
 
@@ -301,24 +300,6 @@ def exports(tmp_path_factory):
     return base, tokenizer, models
 
 
-def assert_equal_answers(expected: dict, got: dict, transport: str) -> None:
-    """Strings and ints identical, floats within 1e-5; `got` holds arrays or JSON values."""
-    assert sorted(got) == sorted(expected), transport
-    for name, want in expected.items():
-        value = got[name]
-        if want.size == 0:  # JSON has no shape for empty arrays
-            assert np.size(value) == 0, (transport, name, value)
-        elif want.dtype == object:
-            if not isinstance(value, np.ndarray):  # JSON: text, or {"b64": ...} for bytes
-                decode = lambda v: v.encode() if isinstance(v, str) else base64.b64decode(v["b64"])  # noqa: E731, E501
-                value = np.vectorize(decode, otypes=[object])(np.array(value, dtype=object))
-            assert np.array_equal(value, want), (transport, name, value, want)
-        elif want.dtype.kind == "f":
-            np.testing.assert_allclose(value, want, atol=1e-5, err_msg=f"{transport} {name}")
-        else:
-            assert np.array_equal(value, want), (transport, name, value, want)
-
-
 DEFAULTS = {"classifier": "classify", "encoder": "embed", "masked_lm": "fill_mask",
             "tagger": "tag", "causal_lm": "generate"}  # fmt: skip
 
@@ -346,7 +327,7 @@ def test_every_signature_of_every_export(exports):
                 request = predict_request(inputs, name, signature)
                 response = prediction.Predict(request, timeout=60)
                 got = {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
-                assert_equal_answers(expected, got, f"gRPC {name}/{signature}")
+                compare_outputs(expected, got)
                 columns = {k: v.tolist() for k, v in inputs.items()}
                 columns = {
                     k: [s.decode() if isinstance(s, bytes) else s for s in v]
@@ -357,7 +338,7 @@ def test_every_signature_of_every_export(exports):
                 assert status == 200, answer
                 outputs = answer["outputs"]
                 outputs = outputs if len(expected) > 1 else {next(iter(expected)): outputs}
-                assert_equal_answers(expected, outputs, f"REST {name}/{signature}")
+                compare_outputs(expected, outputs)
                 seen.add((name, signature))
         assert {s for _, s in seen} >= {
             "classify", "embed", "fill_mask", "tag", "generate", "generate_with_options"
