@@ -252,7 +252,7 @@ class ModelServer:
         except tf.errors.InvalidArgumentError as error:
             status = "INVALID_ARGUMENT"
             return _json({"error": error.message}, 400)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # TimeoutError from Python 3.11
             status = "DEADLINE_EXCEEDED"
             return _json({"error": f"Request timed out after {self.rest_timeout_s} s."}, 504)
         finally:

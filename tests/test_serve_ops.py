@@ -260,3 +260,23 @@ def test_load_across_rest_and_grpc_with_versions_appearing_and_broken(tmp_path):
         while sorted(server.models["toy"].versions) != [3]:
             assert time.monotonic() < deadline, "version 3 was not loaded once repaired"
             time.sleep(0.1)
+
+
+def test_version_policies_and_rest_timeout(toy_base):
+    from export.registry import Model
+
+    def served(**policy) -> list[int]:
+        model = Model(ModelConfig("toy", str(toy_base), **policy))
+        model.refresh()
+        return sorted(model.versions)
+
+    assert served() == [2]
+    assert served(num_versions=2) == served(version_policy="all") == [1, 2]
+    assert served(version_policy="specific", versions=(1, 5)) == [1]  # 5 is not on disk
+    with pytest.raises(ValueError, match="`version_policy` must be one of"):
+        ModelConfig("toy", str(toy_base), version_policy="newest")
+    slow = {"enable_batching": True, "batch_timeout_micros": 3_000_000, "rest_timeout_s": 0.2}
+    with ModelServer([ModelConfig("toy", str(toy_base))], **slow) as server:
+        server.start()
+        status, body = http(f"{server.url}/v1/models/toy:predict", {"instances": ["a"]})
+        assert status == 504 and "timed out" in body["error"]

@@ -6,7 +6,7 @@
     python -m tools.serve --model_config_file models.config \
         [--model_config_file_poll_wait_seconds 60]
 
-It takes the flags of `tensorflow_model_server` that it implements (an other flag fails,
+It takes the flags of `tensorflow_model_server` that it implements (any other fails,
 named) plus `--host` (default 127.0.0.1, where TF Serving listens on every interface) and
 `--model NAME=BASE_PATH[:V1,V2]` (repeatable; pins versions beside the newest). Then e.g.
 `curl -d '{"instances": ["a fine film"]}' localhost:8501/v1/models/classifier:predict`.
