@@ -154,7 +154,7 @@ def test_tools_serve_flags_config_files_and_sigterm_drain(toy_base, tmp_path):
         process = subprocess.Popen(command, stderr=stderr, cwd=Path(__file__).parents[1])
     url = f"http://127.0.0.1:{rest_port}"
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 120
         while True:
             try:
                 if http(f"{url}/healthz")[0] == 200:
