@@ -335,8 +335,8 @@ class ModelServer:
 
     def _server(self, host: str, port: int) -> tuple[uvicorn.Server, socket.socket]:
         sock = socket.create_server((host, port))
-        # Accepted connections inherit it: without, a response's header and body writes
-        # wait for the client's delayed ACK (about 40 ms a request).
+        # Accepted connections inherit it: without, the body write of each response waits
+        # for the client's delayed ACK of its header write (Nagle's algorithm).
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.url = f"http://{host}:{sock.getsockname()[1]}"
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off")
