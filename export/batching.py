@@ -13,6 +13,8 @@ Example:
 >>> first, second = asyncio.run(two_requests())
 >>> first["y"].shape, second["y"].shape, batch_sizes  # merged into one batch of 4 rows
 ((3, 4), (1, 4), [4])
+>>> parse_batching_parameters("max_batch_size { value: 32 } num_batch_threads { value: 4 }")
+{'max_batch_size': 32, 'num_batch_threads': 4}
 """
 
 import asyncio
@@ -21,6 +23,32 @@ from collections.abc import Callable
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
+
+from export.text_proto import message_class, parse
+
+SUPPORTED = ("max_batch_size", "batch_timeout_micros", "num_batch_threads")
+UNSUPPORTED = {
+    "max_enqueued_batches": "Int64Value",
+    "thread_pool_name": "StringValue",
+    "allowed_batch_sizes": "repeated int64",
+    "pad_variable_length_inputs": "bool",
+    "enable_large_batch_splitting": "BoolValue",
+    "max_execution_batch_size": "Int64Value",
+}
+
+
+def parse_batching_parameters(text: str) -> dict[str, int]:
+    """The settings a `--batching_parameters_file` (TF Serving's `BatchingParameters`
+    text proto) gives, `{name: value}` of `SUPPORTED`; `ValueError` for a malformed line
+    or a parameter this server does not implement."""
+    fields = {**dict.fromkeys(SUPPORTED, "Int64Value"), **UNSUPPORTED}
+    parameters = parse(text, message_class("BatchingParameters", fields)(), "batching parameters")
+    for field, _ in parameters.ListFields():
+        if field.name not in SUPPORTED:
+            raise ValueError(
+                f"Batching parameter `{field.name}` is not supported; use {SUPPORTED}."
+            )
+    return {n: getattr(parameters, n).value for n in SUPPORTED if parameters.HasField(n)}
 
 
 class Batcher:

@@ -16,8 +16,12 @@ Example:
 >>> call = http_caller("http://127.0.0.1:8501/v1/models/m:predict", bodies, check)
 >>> result = run_load(call, count=1000, concurrency=32)  # needs a server # doctest: +SKIP
 >>> result.requests_per_s, result.percentile_ms(50), result.percentile_ms(99)  # doctest: +SKIP
+
+`grpc_caller` does the same over gRPC with `PredictRequest`s and `PredictionServiceStub`;
+`compare_outputs` checks a served answer against in-process outputs.
 """
 
+import base64
 import dataclasses
 import http.client
 import json
@@ -27,7 +31,9 @@ import urllib.parse
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import numpy as np
+from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 
 @dataclasses.dataclass
@@ -95,3 +101,54 @@ def http_caller(
         check(i, answer)
 
     return call
+
+
+def grpc_caller(
+    address: str, requests: Sequence, check: Callable[[int, object], None]
+) -> Callable[[int], None]:
+    """`call(i)`: sends `requests[i % len(requests)]` (`PredictRequest`s) to `Predict` at
+    `address` (`host:port`) over one shared channel; raises unless `check(i, response)`
+    passes (a gRPC error raises `grpc.RpcError`)."""
+
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(address))
+
+    def call(i: int) -> None:
+        check(i, stub.Predict(requests[i % len(requests)], timeout=60))
+
+    return call
+
+
+def _from_json(value, dtype) -> np.ndarray:
+    """A JSON output value as an array: text or `{"b64": ...}` as bytes for strings."""
+    if np.dtype(dtype).kind != "O":
+        return np.asarray(value)
+
+    def decode(item):
+        return item.encode() if isinstance(item, str) else base64.b64decode(item["b64"])
+
+    return np.vectorize(decode, otypes=[object])(np.array(value, dtype=object))
+
+
+def compare_outputs(expected: dict[str, np.ndarray], got: dict, tolerance: float = 1e-5) -> None:
+    """Raises `ValueError` unless `got` (arrays, or REST JSON values) has the outputs of
+    `expected` with identical strings and integers and floats within `tolerance`."""
+    if sorted(got) != sorted(expected):
+        raise ValueError(f"outputs {sorted(got)} != {sorted(expected)}")
+    for name, want in expected.items():
+        value, want = got[name], np.asarray(want)
+        want = want.astype(object) if want.dtype.kind == "S" else want  # a bytes scalar
+        if want.size == 0:  # JSON keeps no shape for an empty array
+            if np.size(value):
+                raise ValueError(f"{name}: {value!r} is not empty")
+            continue
+        if isinstance(value, bytes | np.generic):  # one row's scalar output, as an array
+            value = np.asarray(value, dtype=object if isinstance(value, bytes) else None)
+        value = value if isinstance(value, np.ndarray) else _from_json(value, want.dtype)
+        if value.shape != want.shape:
+            raise ValueError(f"{name}: shape {value.shape} != {want.shape}")
+        if want.dtype.kind == "f":
+            close = np.allclose(value, want, rtol=0, atol=tolerance, equal_nan=True)
+        else:
+            close = np.array_equal(value, want)
+        if not close:
+            raise ValueError(f"{name}: {value!r} != {want!r}")

@@ -20,23 +20,30 @@ Example:
 import base64
 import binascii
 import math
-import os
 
 import numpy as np
 import tensorflow as tf
 from google.protobuf import json_format
-from tensorflow.core.protobuf import saved_model_pb2
 
 PREDICT_FIELDS = frozenset({"signature_name", "instances", "inputs"})
 EXAMPLE_FIELDS = frozenset({"signature_name", "context", "examples"})
 
 
+CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 405: "UNIMPLEMENTED", 413: "RESOURCE_EXHAUSTED",
+         500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}  # fmt: skip
+
+
 class RequestError(ValueError):
-    """A request the server refuses; `status` is its HTTP status (4xx)."""
+    """A request the server refuses; `status` is its HTTP status (4xx), `code` the name of
+    TF Serving's (gRPC) error code for it."""
 
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
         self.status = status
+
+    @property
+    def code(self) -> str:
+        return CODES.get(self.status, "UNKNOWN")
 
 
 def _shape_and_leaves(value, name: str) -> tuple[tuple[int, ...], list]:
@@ -55,6 +62,8 @@ def _shape_and_leaves(value, name: str) -> tuple[tuple[int, ...], list]:
 
 
 def _string_leaf(leaf, name: str) -> bytes:
+    if isinstance(leaf, bytes):  # from a tf.Example's bytes_list (gRPC classify / regress)
+        return leaf
     if isinstance(leaf, str):
         return leaf.encode("utf-8")
     if isinstance(leaf, dict) and set(leaf) == {"b64"} and isinstance(leaf["b64"], str):
@@ -215,10 +224,16 @@ def parse_examples(body: dict, specs: dict[str, tf.TensorSpec], max_batch_size: 
         raise RequestError(
             f"Unknown field(s) {unknown}; this request takes {sorted(EXAMPLE_FIELDS)}."
         )
+    examples, context = body.get("examples"), body.get("context", {})
+    return examples_to_inputs(examples, context, specs, max_batch_size)
+
+
+def examples_to_inputs(examples, context, specs: dict[str, tf.TensorSpec], max_batch_size: int):
+    """Examples (feature dicts, each merged with `context`) as the one string input of
+    `specs`, `{name: (B,) array}`; a feature value is a string or a one-element list."""
     if len(specs) != 1 or next(iter(specs.values())).dtype != tf.string:
         raise RequestError("Classify and regress need a signature with one string input.")
     name = next(iter(specs))
-    examples, context = body.get("examples"), body.get("context", {})
     if not isinstance(examples, list) or not examples or not isinstance(context, dict):
         raise RequestError("'examples' must be a non-empty list of objects, 'context' an object.")
     values = []
@@ -235,8 +250,8 @@ def parse_examples(body: dict, specs: dict[str, tf.TensorSpec], max_batch_size: 
     return parse_predict({"instances": values}, specs, max_batch_size)[0]
 
 
-def format_classify(outputs: dict[str, np.ndarray]) -> dict:
-    """`{"result": [[[label, score], ...], ...]}` from one float `(B, C)` output.
+def classification(outputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """`(labels, scores)`, both `(B, C)`, from one float `(B, C)` output.
 
     Labels come from a string output of the same shape when there is one (TF Serving's
     `classes`/`scores` convention), else they are empty strings as in TF Serving.
@@ -249,6 +264,22 @@ def format_classify(outputs: dict[str, np.ndarray]) -> dict:
     values = outputs[scores[0]]
     labels = [n for n, v in outputs.items() if v.shape == values.shape and v.dtype == object]
     names = outputs[labels[0]] if len(labels) == 1 else np.full(values.shape, b"", dtype=object)
+    return names, values
+
+
+def regression(outputs: dict[str, np.ndarray]) -> np.ndarray:
+    """The `(B,)` values of one float output of shape `(B,)` or `(B, 1)`."""
+    found = [
+        v for v in outputs.values() if v.dtype.kind == "f" and v.ndim in (1, 2) and v.size == len(v)
+    ]
+    if len(found) != 1:
+        raise RequestError("Regress needs a signature with exactly one float output per example.")
+    return found[0].reshape(-1)
+
+
+def format_classify(outputs: dict[str, np.ndarray]) -> dict:
+    """`{"result": [[[label, score], ...], ...]}` (see `classification`)."""
+    names, values = classification(outputs)
     labels_json, scores_json = encode_tensor("classes", names), encode_tensor("scores", values)
     return {
         "result": [
@@ -259,24 +290,17 @@ def format_classify(outputs: dict[str, np.ndarray]) -> dict:
 
 
 def format_regress(outputs: dict[str, np.ndarray]) -> dict:
-    """`{"result": [value, ...]}` from one float output of shape `(B,)` or `(B, 1)`."""
-    found = [
-        v for v in outputs.values() if v.dtype.kind == "f" and v.ndim in (1, 2) and v.size == len(v)
-    ]
-    if len(found) != 1:
-        raise RequestError("Regress needs a signature with exactly one float output per example.")
-    return {"result": encode_tensor("outputs", found[0].reshape(-1))}
+    """`{"result": [value, ...]}` (see `regression`)."""
+    return {"result": encode_tensor("outputs", regression(outputs))}
 
 
-def signature_defs(saved_model_dir: str) -> dict:
-    """The `signature_def` map of a SavedModel as TF Serving's metadata JSON prints it."""
-    with open(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as file:
-        saved_model = saved_model_pb2.SavedModel.FromString(file.read())
+def signature_defs(signature_def_map: dict) -> dict:
+    """`{key: SignatureDef proto}` as TF Serving's metadata JSON prints it."""
     return {
         key: json_format.MessageToDict(
             signature, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
         )
-        for key, signature in saved_model.meta_graphs[0].signature_def.items()
+        for key, signature in signature_def_map.items()
     }
 
 

@@ -24,10 +24,15 @@ from tfllm.models import (
 PACKAGES = ("tfllm", "pipelines", "export")
 MODULES = [
     "export.batching",
+    "export.grpc_service",
     "export.load_test",
+    "export.model_config",
+    "export.monitoring",
+    "export.registry",
     "export.rest_json",
     "export.saved_model",
     "export.serve",
+    "export.text_proto",
     "pipelines.clean",
     "pipelines.collect",
     "pipelines.datasets",

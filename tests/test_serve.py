@@ -23,7 +23,7 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from export import serve
+from export import registry
 from export.saved_model import export_saved_model
 from export.serve import WARMUP_FILE, ModelConfig, ModelServer
 from tfllm.models import BertBackbone, TextClassifier
@@ -322,9 +322,9 @@ def test_a_failed_version_is_retried_when_its_folder_changes(tmp_path, monkeypat
     # Version 2 half copied: its graph is there, its variables are not yet.
     shutil.copytree(staging / "2", base / "2", ignore=shutil.ignore_patterns("variables"))
     loads = []
-    load = serve._Version.load
+    load = registry.Version.load
     monkeypatch.setattr(
-        serve._Version, "load", classmethod(lambda cls, p, n: loads.append(n) or load(p, n))
+        registry.Version, "load", classmethod(lambda cls, p, n: loads.append(n) or load(p, n))
     )
     url = None
 
@@ -363,12 +363,13 @@ def test_tools_serve_command(toy_base, tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "tools.serve", f"--model=toy={toy_base}:1", f"--port={port}"]
+    command = [sys.executable, "-m", "tools.serve", f"--model=toy={toy_base}:1", "--port=0"]
+    command.append(f"--rest_api_port={port}")
     log = tmp_path / "serve.log"
     with open(log, "wb") as stderr:
         process = subprocess.Popen(command, stderr=stderr, cwd=Path(__file__).parents[1])
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120  # a loaded 2-core machine: TF imports slowly
         while True:
             try:
                 if http(f"http://127.0.0.1:{port}/healthz")[0] == 200:
