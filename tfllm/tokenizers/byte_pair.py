@@ -2,25 +2,31 @@
 
 GPT-2 splits text with the regex
 `'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+`.
-RE2 (TensorFlow's regex engine) has no lookahead, so `\\s+(?!\\S)` is done by hand: a run
-of whitespace followed by a non-space gives up its last character, which joins the next
-word when it is a plain space and stands alone otherwise. Merges then run on integer ids:
-a pair `(a, b)` is looked up as `a * V + b` in a table of merge ranks.
+RE2 (TensorFlow's regex engine) has no lookahead, so `\\s+(?!\\S)` is done by a first
+pass: a run of 2+ whitespace characters before a non-space gets a cut before its last
+character, which then joins the next word when it is a plain space and stands alone
+otherwise. A second pass puts a cut before every word, and one split at the cuts gives the
+words. Words that are tokens of the vocabulary are looked up in a table of their merged
+ids; merges run only for the other words, on integer ids: a pair `(a, b)` is looked up as
+`a * V + b` in a table of merge ranks.
 """
 
+import itertools
 import json
 from pathlib import Path
 
 import keras
 import tensorflow as tf
-import tensorflow_text as tf_text
 
 from tfllm.tokenizers.base import Tokenizer, read_lines
 
 # Unicode White_Space, as `\s` in Hugging Face's (Oniguruma) regex; RE2's `\s` is ASCII.
 WHITESPACE = r"\t\n\x0b\x0c\r\x{85}\p{Z}"
-WORD_PATTERN = rf"'s|'t|'re|'ve|'m|'ll|'d| ?\p{{L}}+| ?\p{{N}}+| ?[^{WHITESPACE}\p{{L}}\p{{N}}]+"
-WHITESPACE_RUN = rf"[{WHITESPACE}]+"
+OTHER = rf"[^{WHITESPACE}\p{{L}}\p{{N}}]+"
+WORD_PATTERN = rf"'s|'t|'re|'ve|'m|'ll|'d| ?\p{{L}}+| ?\p{{N}}+| ?{OTHER}|[{WHITESPACE}]+"
+RUN_BEFORE_WORD = rf"([{WHITESPACE}]+)([{WHITESPACE}][^{WHITESPACE}])"
+# Never in valid UTF-8 and matched by no pattern: no match crosses a cut.
+CUT = b"\xff"
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -30,31 +36,23 @@ def bytes_to_unicode() -> dict[int, str]:
     return {b: chr(b if b in printable else next(extra)) for b in range(256)}
 
 
-def pretokenize(strings: tf.Tensor) -> tf.RaggedTensor:
-    """GPT-2 pre-tokens of a batch `(B,)` of valid UTF-8 strings: ragged `(B, (words))`."""
-    runs = tf_text.regex_split(strings, WHITESPACE_RUN, WHITESPACE_RUN)  # (B, (runs))
-    text = runs.flat_values
-    row = runs.value_rowids()
-    is_ws = tf.strings.regex_full_match(text, WHITESPACE_RUN)
-    is_last = tf.concat([row[1:] != row[:-1], [True]], axis=0)
-    length = tf.strings.length(text, unit="UTF8_CHAR")
-    cut = tf.maximum(length - 1, 0)
-    tail = tf.strings.substr(text, cut, tf.ones_like(cut), unit="UTF8_CHAR")
-    head = tf.strings.substr(text, tf.zeros_like(cut), cut, unit="UTF8_CHAR")
-    splits_off = is_ws & ~is_last  # a run before a word gives up its last character
-    gives_space = splits_off & tf.equal(tail, " ")
-    takes_space = tf.concat([[False], gives_space[:-1]], axis=0)  # runs alternate ws / word
-    first = tf.where(splits_off, head, tf.where(takes_space, " " + text, text))
-    keep_first = ~splits_off | (length > 1)
-    keep_second = splits_off & ~gives_space
-    pieces = tf.stack([first, tail], axis=1)  # (R, 2): at most two pieces per run
-    keep = tf.stack([keep_first, keep_second], axis=1)
-    pieces = tf.boolean_mask(pieces, keep)
-    counts = tf.reduce_sum(tf.cast(keep, tf.int64), axis=1)
-    per_row = tf.math.unsorted_segment_sum(counts, row, runs.nrows())
-    pieces = tf.RaggedTensor.from_row_lengths(pieces, per_row)
-    words = tf_text.regex_split(pieces, WORD_PATTERN, WORD_PATTERN)  # (B, (pieces), (words))
-    return words.merge_dims(1, 2)
+def pretokenize(strings: tf.Tensor, special_pattern: str | None = None) -> tf.RaggedTensor:
+    """GPT-2 pre-tokens of a batch `(B,)` of valid UTF-8 strings: ragged `(B, (words))`.
+
+    `special_pattern` (a regex of literal tokens) is matched first and kept whole; the text
+    between two matches is split on its own, as Hugging Face does.
+
+    Example:
+    >>> pretokenize(tf.constant(["Hello  world's\\n\\n"])).to_list()
+    [[b'Hello', b' ', b' world', b"'s", b'\\n\\n']]
+    """
+    pattern = WORD_PATTERN
+    if special_pattern:
+        strings = tf.strings.regex_replace(strings, special_pattern, CUT + b"\\0" + CUT)
+        pattern = f"{special_pattern}|{WORD_PATTERN}"
+    strings = tf.strings.regex_replace(strings, RUN_BEFORE_WORD, b"\\1" + CUT + b"\\2")
+    words = tf.strings.split(tf.strings.regex_replace(strings, pattern, CUT + b"\\0"), CUT)
+    return tf.ragged.boolean_mask(words, tf.strings.length(words) > 0)
 
 
 @keras.saving.register_keras_serializable(package="tfllm")
@@ -139,45 +137,66 @@ class BytePairTokenizer(Tokenizer):
                 for t in self.vocabulary
             ]
         )
+        self._special_pattern = None
         if self.special_tokens:
-            escaped = "|".join(_escape(t) for t in sorted(self.special_tokens, key=len)[::-1])
-            self._special_pattern = escaped
-            self._special_ids = tf.lookup.StaticHashTable(
-                tf.lookup.KeyValueTensorInitializer(
-                    tf.constant(self.special_tokens),
-                    tf.constant([self._token_ids[t] for t in self.special_tokens], tf.int32),
-                ),
-                default_value=-1,
+            self._special_pattern = "|".join(
+                _escape(t) for t in sorted(self.special_tokens, key=len)[::-1]
             )
+        self._build_word_table(decoder)
+
+    def _build_word_table(self, decoder: dict[str, int]):
+        """The merged ids of every token that can be a word, and of the special tokens.
+
+        Most words of real text are tokens of the vocabulary (" the", " and", ","); their
+        ids come from the merge path once, here, so a table lookup gives the same ids.
+        """
+        specials = set(self.special_tokens)
+        words = []
+        for token in self.vocabulary:
+            if token in specials or any(c not in decoder for c in token):
+                continue
+            try:
+                words.append(bytes(decoder[c] for c in token).decode("utf-8"))
+            except UnicodeDecodeError:  # a piece of a multi-byte character
+                continue
+        with tf.init_scope():  # eager, even when the layer is built inside a graph
+            merged = tf.function(self._encode_unique)(tf.constant(words, tf.string)).to_list()
+        table = dict(zip(words, merged, strict=True))
+        table.update((t, [self._token_ids[t]]) for t in self.special_tokens)
+        lengths = [len(ids) for ids in table.values()]
+        self._word_ids = tf.constant([i for ids in table.values() for i in ids], tf.int32)
+        self._word_splits = tf.constant([0, *itertools.accumulate(lengths)], tf.int64)
+        self._word_rows = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(list(table), tf.string), tf.range(len(table), dtype=tf.int64)
+            ),
+            default_value=-1,
+        )
 
     def _tokenize(self, strings):
-        # tf-text's regex_split stops at a NUL byte: "\xff" (never in valid UTF-8, split as
-        # NUL is) stands in for it until `_encode_words` maps the byte back.
-        strings = tf.strings.regex_replace(strings, r"\x00", b"\xff")
-        if not self.special_tokens:
-            return self._encode_words(pretokenize(strings))
-        # Special tokens first, as Hugging Face does: text between them is split alone.
-        pieces = tf_text.regex_split(strings, self._special_pattern, self._special_pattern)
-        special = self._special_ids.lookup(pieces.flat_values)  # (P,), -1 for plain text
-        is_special = special >= 0
-        plain = tf.where(is_special, "", pieces.flat_values)
-        ids = self._encode_words(pretokenize(plain))  # (P, (ids))
-        special = tf.RaggedTensor.from_row_lengths(
-            tf.boolean_mask(special, is_special), tf.cast(is_special, tf.int64)
-        )
-        ids = tf.concat([special, ids], axis=1)  # a piece is either special or plain
-        return pieces.with_flat_values(ids).merge_dims(1, 2)
+        words = pretokenize(strings, self._special_pattern)  # (B, (words))
+        flat = words.flat_values  # (N,)
+        row = self._word_rows.lookup(flat)  # (N,): row of the word table, -1 if absent
+        missing = tf.where(row < 0)  # (M, 1)
+        unknown, index = tf.unique(tf.gather_nd(flat, missing))  # (U,), (M,)
+        table = tf.concat(
+            [
+                tf.RaggedTensor.from_row_splits(self._word_ids, self._word_splits),
+                self._encode_unique(unknown),
+            ],
+            axis=0,
+        )  # (table rows + U, (ids))
+        known = tf.shape(self._word_splits, out_type=tf.int64)[0] - 1
+        row = tf.tensor_scatter_nd_update(row, missing, known + tf.cast(index, tf.int64))
+        ids = tf.gather(table, row)  # (N, (ids))
+        return words.with_flat_values(ids).merge_dims(1, 2)
 
-    def _encode_words(self, words: tf.RaggedTensor) -> tf.RaggedTensor:
-        """`(B, (words))` pre-tokens -> `(B, (ids))`; each distinct word is merged once."""
-        unique, index = tf.unique(words.flat_values)
-        chars = tf.strings.bytes_split(unique)  # (U, (bytes))
+    def _encode_unique(self, words: tf.Tensor) -> tf.RaggedTensor:
+        """`(U,)` words -> `(U, (ids))` by the merge path."""
+        chars = tf.strings.bytes_split(words)  # (U, (bytes))
         byte_values = tf.reshape(tf.io.decode_raw(chars.flat_values, tf.uint8), [-1])
-        byte_values = tf.where(byte_values == 255, tf.constant(0, tf.uint8), byte_values)
-        ids = chars.with_flat_values(tf.gather(self._byte_ids, tf.cast(byte_values, tf.int32)))
-        merged = self._merge(ids.flat_values, ids.row_splits)
-        merged = tf.gather(merged, index)  # (N, (ids))
-        return words.with_flat_values(merged).merge_dims(1, 2)
+        ids = tf.gather(self._byte_ids, tf.cast(byte_values, tf.int32))
+        return self._merge(ids, tf.cast(chars.row_splits, tf.int64))
 
     def _merge(self, values, row_splits) -> tf.RaggedTensor:
         """Applies merges by rank until none applies. values: (n,) ids in rows."""
