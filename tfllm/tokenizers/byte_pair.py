@@ -11,8 +11,10 @@ ids; merges run only for the other words, on integer ids: a pair `(a, b)` is loo
 `a * V + b` in a table of merge ranks.
 """
 
+import collections
 import itertools
 import json
+import re
 from pathlib import Path
 
 import keras
@@ -52,7 +54,11 @@ def pretokenize(strings: tf.Tensor, special_pattern: str | None = None) -> tf.Ra
         pattern = f"{special_pattern}|{WORD_PATTERN}"
     strings = tf.strings.regex_replace(strings, RUN_BEFORE_WORD, b"\\1" + CUT + b"\\2")
     words = tf.strings.split(tf.strings.regex_replace(strings, pattern, CUT + b"\\0"), CUT)
-    return tf.ragged.boolean_mask(words, tf.strings.length(words) > 0)
+    kept = tf.strings.length(words.flat_values) > 0  # no empty piece before a cut
+    ends = tf.concat([[0], tf.cumsum(tf.cast(kept, tf.int64))], axis=0)
+    return tf.RaggedTensor.from_row_splits(
+        tf.boolean_mask(words.flat_values, kept), tf.gather(ends, words.row_splits), validate=False
+    )
 
 
 @keras.saving.register_keras_serializable(package="tfllm")
@@ -64,6 +70,10 @@ class BytePairTokenizer(Tokenizer):
         merges: list of "a b" merge rules in priority order, or a `merges.txt` path.
         special_tokens: tokens matched verbatim in the text and never split (must be in
             the vocabulary); `None` means `["<|endoftext|>"]` when the vocabulary has it.
+        words: pre-tokenized words (as `pretokenize` gives them: " the", "'s") whose ids
+            are computed once and then looked up instead of merged, e.g. the most
+            frequent words of a corpus sample (`frequent_words`). The tokens of the
+            vocabulary are always looked up. The ids do not depend on `words`.
 
     `bos_token_id`, `eos_token_id`: the id of "<|endoftext|>" (GPT-2's convention), or
     `None`. `detokenize(tokenize(x)) == x` for every valid UTF-8 string.
@@ -77,7 +87,14 @@ class BytePairTokenizer(Tokenizer):
     b' Hello  world'
     """
 
-    def __init__(self, vocabulary, merges, special_tokens: list[str] | None = None, **kwargs):
+    def __init__(
+        self,
+        vocabulary,
+        merges,
+        special_tokens: list[str] | None = None,
+        words: list[str] | None = None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if isinstance(vocabulary, (str, Path)):
             vocabulary = _read_json_vocabulary(vocabulary)
@@ -93,7 +110,18 @@ class BytePairTokenizer(Tokenizer):
         missing = [t for t in special_tokens if t not in self._token_ids]
         if missing:
             raise ValueError(f"`special_tokens` {missing} are not in the vocabulary.")
+        # A cut inside a special token would split it (see `pretokenize`).
+        split = [t for t in special_tokens if re.search(r"\s\s\S", t)]
+        if split:
+            raise ValueError(
+                f"`special_tokens` {split} hold two whitespace characters before a "
+                "non-space one; GPT-2's pre-tokenization cannot keep them whole."
+            )
         self.special_tokens = list(special_tokens)
+        words = [] if words is None else words
+        if isinstance(words, str) or not all(isinstance(w, str) for w in words):
+            raise TypeError(f"`words` must be a list of str. Received: {words!r:.80}")
+        self.words = list(words)
         self.bos_token_id = self.eos_token_id = self._optional_id("<|endoftext|>")
         self.pad_token_id = None
         self._build_tables()
@@ -145,13 +173,13 @@ class BytePairTokenizer(Tokenizer):
         self._build_word_table(decoder)
 
     def _build_word_table(self, decoder: dict[str, int]):
-        """The merged ids of every token that can be a word, and of the special tokens.
+        """The merged ids of `words`, of every token that can be a word, and of specials.
 
         Most words of real text are tokens of the vocabulary (" the", " and", ","); their
         ids come from the merge path once, here, so a table lookup gives the same ids.
         """
         specials = set(self.special_tokens)
-        words = []
+        words = [w for w in self.words if w not in specials]
         for token in self.vocabulary:
             if token in specials or any(c not in decoder for c in token):
                 continue
@@ -160,8 +188,9 @@ class BytePairTokenizer(Tokenizer):
             except UnicodeDecodeError:  # a piece of a multi-byte character
                 continue
         with tf.init_scope():  # eager, even when the layer is built inside a graph
-            merged = tf.function(self._encode_unique)(tf.constant(words, tf.string)).to_list()
-        table = dict(zip(words, merged, strict=True))
+            merged = tf.function(self._encode_unique)(tf.constant(words, tf.string))
+            splits, values = merged.row_splits.numpy(), merged.flat_values.numpy().tolist()
+        table = {w: values[a:b] for w, a, b in zip(words, splits[:-1], splits[1:], strict=True)}
         table.update((t, [self._token_ids[t]]) for t in self.special_tokens)
         lengths = [len(ids) for ids in table.values()]
         self._word_ids = tf.constant([i for ids in table.values() for i in ids], tf.int32)
@@ -178,18 +207,21 @@ class BytePairTokenizer(Tokenizer):
         flat = words.flat_values  # (N,)
         row = self._word_rows.lookup(flat)  # (N,): row of the word table, -1 if absent
         missing = tf.where(row < 0)  # (M, 1)
-        unknown, index = tf.unique(tf.gather_nd(flat, missing))  # (U,), (M,)
-        table = tf.concat(
-            [
-                tf.RaggedTensor.from_row_splits(self._word_ids, self._word_splits),
-                self._encode_unique(unknown),
-            ],
-            axis=0,
-        )  # (table rows + U, (ids))
-        known = tf.shape(self._word_splits, out_type=tf.int64)[0] - 1
-        row = tf.tensor_scatter_nd_update(row, missing, known + tf.cast(index, tf.int64))
+        unknown, index = tf.unique(tf.gather_nd(flat, missing), out_idx=tf.int64)  # (U,), (M,)
+        merged = self._encode_unique(unknown)  # (U, (ids))
+        # The table's rows, then one row per unknown word: (table rows + U, (ids)).
+        splits = self._word_splits
+        table = tf.RaggedTensor.from_row_splits(
+            tf.concat([self._word_ids, merged.flat_values], axis=0),
+            tf.concat([splits, splits[-1] + merged.row_splits[1:]], axis=0),
+            validate=False,
+        )
+        known = tf.shape(splits, out_type=tf.int64)[0] - 1
+        row = tf.tensor_scatter_nd_update(row, missing, known + index)
         ids = tf.gather(table, row)  # (N, (ids))
-        return words.with_flat_values(ids).merge_dims(1, 2)
+        return tf.RaggedTensor.from_row_splits(
+            ids.flat_values, tf.gather(ids.row_splits, words.row_splits), validate=False
+        )
 
     def _encode_unique(self, words: tf.Tensor) -> tf.RaggedTensor:
         """`(U,)` words -> `(U, (ids))` by the merge path."""
@@ -202,14 +234,13 @@ class BytePairTokenizer(Tokenizer):
         """Applies merges by rank until none applies. values: (n,) ids in rows."""
         size, no_merge = tf.constant(self._size, tf.int64), self._no_merge
 
-        def step(values, row_splits, _):
-            row = tf.ragged.row_splits_to_segment_ids(row_splits)
-            nrows = tf.shape(row_splits, out_type=tf.int64)[0] - 1
+        def step(values, rows, _):
+            # values, rows: (n,) ids and the word of each; pairs: (n - 1,)
             keys = tf.cast(values[:-1], tf.int64) * size + tf.cast(values[1:], tf.int64)
             ranks = self._merge_ranks.lookup(keys)
-            ranks = tf.where(row[:-1] == row[1:], ranks, no_merge)  # pairs inside one word
-            best = tf.math.unsorted_segment_min(ranks, row[:-1], nrows)
-            chosen = (ranks == tf.gather(best, row[:-1])) & (ranks < no_merge)
+            ranks = tf.where(rows[:-1] == rows[1:], ranks, no_merge)  # pairs inside one word
+            best = tf.math.segment_min(ranks, rows[:-1])  # rows are sorted
+            chosen = (ranks == tf.gather(best, rows[:-1])) & (ranks < no_merge)
             # Overlapping matches ("a a a") merge left to right: every other in a run.
             starts = chosen & ~tf.concat([[False], chosen[:-1]], axis=0)
             run = tf.cumsum(tf.cast(starts, tf.int32)) - 1
@@ -221,18 +252,18 @@ class BytePairTokenizer(Tokenizer):
             new_values = tf.where(
                 tf.concat([merge, [False]], 0), tf.pad(merged_ids, [[0, 1]]), values
             )
-            keep = ~tf.concat([[False], merge], axis=0)
-            lengths = tf.math.unsorted_segment_sum(tf.cast(keep, tf.int64), row, nrows)
-            new_splits = tf.concat([[0], tf.cumsum(lengths)], axis=0)
-            return tf.boolean_mask(new_values, keep), new_splits, tf.reduce_any(merge)
+            kept = tf.where(~tf.concat([[False], merge], axis=0))[:, 0]
+            return tf.gather(new_values, kept), tf.gather(rows, kept), tf.reduce_any(merge)
 
-        values, row_splits, _ = tf.while_loop(
-            lambda v, s, more: more,
+        rows = tf.ragged.row_splits_to_segment_ids(row_splits)
+        values, rows, _ = tf.while_loop(
+            lambda v, r, more: more,
             step,
-            (values, row_splits, tf.size(values) > 1),
+            (values, rows, tf.size(values) > 1),
             shape_invariants=(tf.TensorShape([None]), tf.TensorShape([None]), tf.TensorShape([])),
         )
-        return tf.RaggedTensor.from_row_splits(values, row_splits)
+        nrows = tf.shape(row_splits, out_type=tf.int64)[0] - 1
+        return tf.RaggedTensor.from_value_rowids(values, rows, nrows)
 
     def _detokenize(self, ids):
         text = tf.strings.reduce_join(tf.gather(self._token_bytes, ids), axis=-1)
@@ -250,6 +281,7 @@ class BytePairTokenizer(Tokenizer):
             vocabulary=self._token_ids,
             merges=self.merges,
             special_tokens=self.special_tokens,
+            words=self.words,
         )
         return config
 
@@ -258,6 +290,25 @@ class BytePairTokenizer(Tokenizer):
         """Loads `vocab.json` + `merges.txt` of a Hugging Face GPT-2 style folder."""
         folder = Path(path)
         return cls(folder / "vocab.json", folder / "merges.txt", special_tokens=special_tokens)
+
+
+def frequent_words(texts, count: int, batch_size: int = 1024) -> list[str]:
+    """The `count` most frequent GPT-2 pre-tokens of `texts` (an iterable of str).
+
+    For `BytePairTokenizer(words=...)`: a sample of the text to tokenize is enough.
+
+    Example:
+    >>> frequent_words(["the cat, the dog and the end"], 1)
+    [' the']
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise ValueError(f"`count` must be an int >= 0. Received: {count!r}")
+    counts = collections.Counter()
+    texts = iter([texts] if isinstance(texts, str) else texts)
+    while batch := list(itertools.islice(texts, batch_size)):
+        words, _, n = tf.unique_with_counts(pretokenize(tf.constant(batch)).flat_values)
+        counts.update(dict(zip(words.numpy().tolist(), n.numpy().tolist(), strict=True)))
+    return [w.decode("utf-8") for w, _ in counts.most_common(count)]
 
 
 def _escape(token: str) -> str:
