@@ -107,9 +107,6 @@ class BytePairTokenizer(Tokenizer):
         self.merges = list(merges)
         if special_tokens is None:
             special_tokens = [t for t in ["<|endoftext|>"] if t in self._token_ids]
-        missing = [t for t in special_tokens if t not in self._token_ids]
-        if missing:
-            raise ValueError(f"`special_tokens` {missing} are not in the vocabulary.")
         # A cut inside a special token would split it (see `pretokenize`).
         split = [t for t in special_tokens if re.search(r"\s\s\S", t)]
         if split:
@@ -117,6 +114,9 @@ class BytePairTokenizer(Tokenizer):
                 f"`special_tokens` {split} hold two whitespace characters before a "
                 "non-space one; GPT-2's pre-tokenization cannot keep them whole."
             )
+        missing = [t for t in special_tokens if t not in self._token_ids]
+        if missing:
+            raise ValueError(f"`special_tokens` {missing} are not in the vocabulary.")
         self.special_tokens = list(special_tokens)
         words = [] if words is None else words
         if isinstance(words, str) or not all(isinstance(w, str) for w in words):
