@@ -288,9 +288,18 @@ def test_bpe_words_round_trip_and_errors(gpt2_with_words, tmp_path):
     want = ids(gpt2_with_words, texts)
     config = json.loads(json.dumps(gpt2_with_words.get_config()))
     assert config["words"] == gpt2_with_words.words and len(config["words"]) == 3000
-    save_tokenizer(gpt2_with_words, tmp_path)
-    loaded = load_tokenizer(tmp_path)
+    save_tokenizer(gpt2_with_words, tmp_path / "files")
+    loaded = load_tokenizer(tmp_path / "files")
     assert loaded.words == gpt2_with_words.words and ids(loaded, texts) == want
+    module = tf.Module()
+    module.tokenizer = gpt2_with_words
+    module.serve = tf.function(
+        lambda text: gpt2_with_words.tokenize(text).to_tensor(-1),
+        input_signature=[tf.TensorSpec([None], tf.string)],
+    )
+    tf.saved_model.save(module, str(tmp_path / "saved"))
+    served = tf.saved_model.load(str(tmp_path / "saved")).serve(tf.constant(texts))
+    assert [[i for i in row if i >= 0] for row in served.numpy().tolist()] == want
     folder = assets.gpt2_vocabulary_path()
     files = (folder / "gpt2_vocab.json", folder / "gpt2_merges.txt")
     with pytest.raises(TypeError, match="`words` must be a list of str"):

@@ -187,8 +187,11 @@ class BytePairTokenizer(Tokenizer):
                 words.append(bytes(decoder[c] for c in token).decode("utf-8"))
             except UnicodeDecodeError:  # a piece of a multi-byte character
                 continue
-        with tf.init_scope():  # eager, even when the layer is built inside a graph
-            merged = tf.function(self._encode_unique)(tf.constant(words, tf.string))
+        # One graph run of the merge loop (eager, even inside a graph). A function of this
+        # tokenizer only, traced once: not the retracing TensorFlow warns about.
+        encode = tf.function(lambda words: self._encode_unique(words), autograph=False)
+        with tf.init_scope():
+            merged = encode(tf.constant(words, tf.string))
             splits, values = merged.row_splits.numpy(), merged.flat_values.numpy().tolist()
         table = {w: values[a:b] for w, a, b in zip(words, splits[:-1], splits[1:], strict=True)}
         table.update((t, [self._token_ids[t]]) for t in self.special_tokens)
