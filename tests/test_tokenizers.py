@@ -7,6 +7,7 @@ to break normalization and pre-tokenization. Training and errors: test_tokenizer
 
 import collections
 import json
+import random
 import unicodedata
 
 import keras
@@ -265,6 +266,20 @@ def test_bpe_word_table_and_merge_path_give_the_same_ids(gpt2, gpt2_with_words):
     assert_same(texts, fast, [e.ids for e in reference.encode_batch(texts)])
     found = gpt2_with_words._word_rows.lookup(words.flat_values).numpy() >= 0
     assert 0.9 < found.mean() < 1  # both paths ran: most words from the table, some merged
+
+
+def test_bpe_equals_huggingface_on_random_strings(gpt2, gpt2_with_words):
+    # Whitespace runs of every kind next to contractions, digits, emoji and special tokens.
+    _, reference = gpt2
+    atoms = [
+        *[" ", "  ", "\t", "\n", "\r\n", "\u3000", "\u00a0", "\x85", "\u2028", "\x0b"],
+        *["'", "'s", "'ll", "'D", "a", "Zo", "é", "ß", "日本", "3", "42", "٣", "½", "!", "..."],
+        *["--", "😀", "👍🏽", "\u200d", "\x00", "\ufeff", "<|endoftext|>", "the"],
+    ]
+    rng = random.Random(0)
+    texts = ["".join(rng.choices(atoms, k=rng.randint(0, 14))) for _ in range(5000)]
+    want = [e.ids for e in reference.encode_batch(texts)]
+    assert_same(texts, ids(gpt2_with_words, texts), want)
 
 
 def test_frequent_words_count_like_huggingface():
