@@ -5,18 +5,21 @@ models) on real text (Shakespeare, Chinese product reviews, botchan.txt), plus s
 to break normalization and pre-tokenization. Training and errors: test_tokenizer_training.py.
 """
 
+import collections
 import json
+import random
 import unicodedata
 
 import keras
 import pytest
 import sentencepiece
 import tensorflow as tf
-from tokenizers import BertWordPieceTokenizer, ByteLevelBPETokenizer, decoders
+from tokenizers import BertWordPieceTokenizer, ByteLevelBPETokenizer, decoders, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
 from tfllm import assets
 from tfllm.tokenizers import BytePairTokenizer, SentencePieceTokenizer, WordPieceTokenizer
+from tfllm.tokenizers.byte_pair import bytes_to_unicode, frequent_words, pretokenize
 
 pytestmark = pytest.mark.assets
 
@@ -223,6 +226,101 @@ def test_bpe_vocabulary_and_special_tokens(gpt2):
     assert all(tokenizer.id_to_token(i) == t for t, i in vocab.items())
     assert tokenizer.token_to_id("Ġthe") == reference.token_to_id("Ġthe") == vocab["Ġthe"]
     assert tokenizer.bos_token_id == tokenizer.eos_token_id == vocab["<|endoftext|>"] == 50256
+
+
+# llama.cpp's tokenizer test strings (tests/test-tokenizer-0): whitespace runs, digit runs,
+# contractions in odd cases, emoji sequences, Khmer, Cyrillic, CJK.
+LLAMA_CPP = [
+    *["\n\n", "\n\n\n", "\t\n", "Hello world", " Hello World!", "Hello, world!"],
+    *[" this is 🦙.cpp", "w048 7tuijk dsdfhu", "нещо на Български", "កាន់តែពិសេសអាចខលចេញ"],
+    "🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) ✅ (only emoji that has its own token)",
+    *[" " * n + "Hello" for n in range(5)],
+    *["    Hello\n    Hello", " (", "\n =", "' era", "3.3 3..3 3...3"],
+    "Hello, y'all! How are you 😁 ?我想在apple工作1314151天～",
+    *["3" * n for n in range(1, 10)],
+    "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 ✅ 🦙🦙 ------======= нещо "
+    "```````\"\"\"\"......!!!!!!?????? I've been 'told he's there, 'RE you sure? "
+    "'M not sure I'll make it, 'D you like some tea? We'Ve a'lL",
+    *["a  's", "x \t'll", "\u3000 'd\u3000\u3000x", "  \u00a0\u2028 y  \n"],
+]
+
+
+@pytest.fixture(scope="session")
+def gpt2_with_words(gpt2):
+    """GPT-2 with the 3,000 most frequent words of two plays in its word table."""
+    folder = assets.gpt2_vocabulary_path()
+    words = frequent_words(play_lines(PLAYS[:2]), 3000)
+    return BytePairTokenizer(folder / "gpt2_vocab.json", folder / "gpt2_merges.txt", words=words)
+
+
+def test_bpe_word_table_and_merge_path_give_the_same_ids(gpt2, gpt2_with_words):
+    _, reference = gpt2
+    texts = TRICKY + LLAMA_CPP + play_lines(PLAYS[2:])[:3000]
+    words = pretokenize(tf.constant(texts))
+    # The merge path for every word, the table bypassed.
+    merged = gpt2_with_words._encode_unique(words.flat_values).to_list()
+    starts = words.row_splits.numpy()
+    slow = [sum(merged[a:b], []) for a, b in zip(starts[:-1], starts[1:], strict=True)]
+    fast = ids(gpt2_with_words, texts)
+    assert_same(texts, fast, slow)
+    assert_same(texts, fast, [e.ids for e in reference.encode_batch(texts)])
+    found = gpt2_with_words._word_rows.lookup(words.flat_values).numpy() >= 0
+    assert 0.9 < found.mean() < 1  # both paths ran: most words from the table, some merged
+
+
+def test_bpe_equals_huggingface_on_random_strings(gpt2, gpt2_with_words):
+    # Whitespace runs of every kind next to contractions, digits, emoji and special tokens.
+    _, reference = gpt2
+    atoms = [
+        *[" ", "  ", "\t", "\n", "\r\n", "\u3000", "\u00a0", "\x85", "\u2028", "\x0b"],
+        *["'", "'s", "'ll", "'D", "a", "Zo", "é", "ß", "日本", "3", "42", "٣", "½", "!", "..."],
+        *["--", "😀", "👍🏽", "\u200d", "\x00", "\ufeff", "<|endoftext|>", "the"],
+    ]
+    rng = random.Random(0)
+    texts = ["".join(rng.choices(atoms, k=rng.randint(0, 14))) for _ in range(5000)]
+    want = [e.ids for e in reference.encode_batch(texts)]
+    assert_same(texts, ids(gpt2_with_words, texts), want)
+
+
+def test_frequent_words_count_like_huggingface():
+    texts = play_lines(PLAYS[:1]) + LLAMA_CPP
+    decoder = {c: b for b, c in bytes_to_unicode().items()}
+    split = pre_tokenizers.ByteLevel(add_prefix_space=False).pre_tokenize_str
+    counts = collections.Counter(
+        bytes(decoder[c] for c in word).decode() for text in texts for word, _ in split(text)
+    )
+    got = frequent_words(iter(texts), 50, batch_size=100)
+    assert [counts[w] for w in got] == [n for _, n in counts.most_common(50)]
+    assert frequent_words(texts, 0) == [] and frequent_words("a a", 5) == ["a", " a"]
+    with pytest.raises(ValueError, match="`count`"):
+        frequent_words(texts, -1)
+
+
+def test_bpe_words_round_trip_and_errors(gpt2_with_words, tmp_path):
+    from tfllm.tokenizers import load_tokenizer, save_tokenizer
+
+    texts = ["Thou art a villain, HAMLET.", "  'tis\n\n"]
+    want = ids(gpt2_with_words, texts)
+    config = json.loads(json.dumps(gpt2_with_words.get_config()))
+    assert config["words"] == gpt2_with_words.words and len(config["words"]) == 3000
+    save_tokenizer(gpt2_with_words, tmp_path / "files")
+    loaded = load_tokenizer(tmp_path / "files")
+    assert loaded.words == gpt2_with_words.words and ids(loaded, texts) == want
+    module = tf.Module()
+    module.tokenizer = gpt2_with_words
+    module.serve = tf.function(
+        lambda text: gpt2_with_words.tokenize(text).to_tensor(-1),
+        input_signature=[tf.TensorSpec([None], tf.string)],
+    )
+    tf.saved_model.save(module, str(tmp_path / "saved"))
+    served = tf.saved_model.load(str(tmp_path / "saved")).serve(tf.constant(texts))
+    assert [[i for i in row if i >= 0] for row in served.numpy().tolist()] == want
+    folder = assets.gpt2_vocabulary_path()
+    files = (folder / "gpt2_vocab.json", folder / "gpt2_merges.txt")
+    with pytest.raises(TypeError, match="`words` must be a list of str"):
+        BytePairTokenizer(*files, words="the")
+    with pytest.raises(ValueError, match="two whitespace characters"):
+        BytePairTokenizer(*files, special_tokens=["<|endoftext|>", "<a  b>"])
 
 
 # --- SentencePiece -------------------------------------------------------------------------

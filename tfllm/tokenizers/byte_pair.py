@@ -2,25 +2,33 @@
 
 GPT-2 splits text with the regex
 `'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+`.
-RE2 (TensorFlow's regex engine) has no lookahead, so `\\s+(?!\\S)` is done by hand: a run
-of whitespace followed by a non-space gives up its last character, which joins the next
-word when it is a plain space and stands alone otherwise. Merges then run on integer ids:
-a pair `(a, b)` is looked up as `a * V + b` in a table of merge ranks.
+RE2 (TensorFlow's regex engine) has no lookahead, so `\\s+(?!\\S)` is done by a first
+pass: a run of 2+ whitespace characters before a non-space gets a cut before its last
+character, which then joins the next word when it is a plain space and stands alone
+otherwise. A second pass puts a cut before every word, and one split at the cuts gives the
+words. Words that are tokens of the vocabulary are looked up in a table of their merged
+ids; merges run only for the other words, on integer ids: a pair `(a, b)` is looked up as
+`a * V + b` in a table of merge ranks.
 """
 
+import collections
+import itertools
 import json
+import re
 from pathlib import Path
 
 import keras
 import tensorflow as tf
-import tensorflow_text as tf_text
 
 from tfllm.tokenizers.base import Tokenizer, read_lines
 
 # Unicode White_Space, as `\s` in Hugging Face's (Oniguruma) regex; RE2's `\s` is ASCII.
 WHITESPACE = r"\t\n\x0b\x0c\r\x{85}\p{Z}"
-WORD_PATTERN = rf"'s|'t|'re|'ve|'m|'ll|'d| ?\p{{L}}+| ?\p{{N}}+| ?[^{WHITESPACE}\p{{L}}\p{{N}}]+"
-WHITESPACE_RUN = rf"[{WHITESPACE}]+"
+OTHER = rf"[^{WHITESPACE}\p{{L}}\p{{N}}]+"
+WORD_PATTERN = rf"'s|'t|'re|'ve|'m|'ll|'d| ?\p{{L}}+| ?\p{{N}}+| ?{OTHER}|[{WHITESPACE}]+"
+RUN_BEFORE_WORD = rf"([{WHITESPACE}]+)([{WHITESPACE}][^{WHITESPACE}])"
+# Never in valid UTF-8 and matched by no pattern: no match crosses a cut.
+CUT = b"\xff"
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -30,31 +38,27 @@ def bytes_to_unicode() -> dict[int, str]:
     return {b: chr(b if b in printable else next(extra)) for b in range(256)}
 
 
-def pretokenize(strings: tf.Tensor) -> tf.RaggedTensor:
-    """GPT-2 pre-tokens of a batch `(B,)` of valid UTF-8 strings: ragged `(B, (words))`."""
-    runs = tf_text.regex_split(strings, WHITESPACE_RUN, WHITESPACE_RUN)  # (B, (runs))
-    text = runs.flat_values
-    row = runs.value_rowids()
-    is_ws = tf.strings.regex_full_match(text, WHITESPACE_RUN)
-    is_last = tf.concat([row[1:] != row[:-1], [True]], axis=0)
-    length = tf.strings.length(text, unit="UTF8_CHAR")
-    cut = tf.maximum(length - 1, 0)
-    tail = tf.strings.substr(text, cut, tf.ones_like(cut), unit="UTF8_CHAR")
-    head = tf.strings.substr(text, tf.zeros_like(cut), cut, unit="UTF8_CHAR")
-    splits_off = is_ws & ~is_last  # a run before a word gives up its last character
-    gives_space = splits_off & tf.equal(tail, " ")
-    takes_space = tf.concat([[False], gives_space[:-1]], axis=0)  # runs alternate ws / word
-    first = tf.where(splits_off, head, tf.where(takes_space, " " + text, text))
-    keep_first = ~splits_off | (length > 1)
-    keep_second = splits_off & ~gives_space
-    pieces = tf.stack([first, tail], axis=1)  # (R, 2): at most two pieces per run
-    keep = tf.stack([keep_first, keep_second], axis=1)
-    pieces = tf.boolean_mask(pieces, keep)
-    counts = tf.reduce_sum(tf.cast(keep, tf.int64), axis=1)
-    per_row = tf.math.unsorted_segment_sum(counts, row, runs.nrows())
-    pieces = tf.RaggedTensor.from_row_lengths(pieces, per_row)
-    words = tf_text.regex_split(pieces, WORD_PATTERN, WORD_PATTERN)  # (B, (pieces), (words))
-    return words.merge_dims(1, 2)
+def pretokenize(strings: tf.Tensor, special_pattern: str | None = None) -> tf.RaggedTensor:
+    """GPT-2 pre-tokens of a batch `(B,)` of valid UTF-8 strings: ragged `(B, (words))`.
+
+    `special_pattern` (a regex of literal tokens) is matched first and kept whole; the text
+    between two matches is split on its own, as Hugging Face does.
+
+    Example:
+    >>> pretokenize(tf.constant(["Hello  world's\\n\\n"])).to_list()
+    [[b'Hello', b' ', b' world', b"'s", b'\\n\\n']]
+    """
+    pattern = WORD_PATTERN
+    if special_pattern:
+        strings = tf.strings.regex_replace(strings, special_pattern, CUT + b"\\0" + CUT)
+        pattern = f"{special_pattern}|{WORD_PATTERN}"
+    strings = tf.strings.regex_replace(strings, RUN_BEFORE_WORD, b"\\1" + CUT + b"\\2")
+    words = tf.strings.split(tf.strings.regex_replace(strings, pattern, CUT + b"\\0"), CUT)
+    kept = tf.strings.length(words.flat_values) > 0  # no empty piece before a cut
+    ends = tf.concat([[0], tf.cumsum(tf.cast(kept, tf.int64))], axis=0)
+    return tf.RaggedTensor.from_row_splits(
+        tf.boolean_mask(words.flat_values, kept), tf.gather(ends, words.row_splits), validate=False
+    )
 
 
 @keras.saving.register_keras_serializable(package="tfllm")
@@ -66,6 +70,10 @@ class BytePairTokenizer(Tokenizer):
         merges: list of "a b" merge rules in priority order, or a `merges.txt` path.
         special_tokens: tokens matched verbatim in the text and never split (must be in
             the vocabulary); `None` means `["<|endoftext|>"]` when the vocabulary has it.
+        words: pre-tokenized words (as `pretokenize` gives them: " the", "'s") whose ids
+            are computed once and then looked up instead of merged, e.g. the most
+            frequent words of a corpus sample (`frequent_words`). The tokens of the
+            vocabulary are always looked up. The ids do not depend on `words`.
 
     `bos_token_id`, `eos_token_id`: the id of "<|endoftext|>" (GPT-2's convention), or
     `None`. `detokenize(tokenize(x)) == x` for every valid UTF-8 string.
@@ -79,7 +87,14 @@ class BytePairTokenizer(Tokenizer):
     b' Hello  world'
     """
 
-    def __init__(self, vocabulary, merges, special_tokens: list[str] | None = None, **kwargs):
+    def __init__(
+        self,
+        vocabulary,
+        merges,
+        special_tokens: list[str] | None = None,
+        words: list[str] | None = None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if isinstance(vocabulary, (str, Path)):
             vocabulary = _read_json_vocabulary(vocabulary)
@@ -92,10 +107,21 @@ class BytePairTokenizer(Tokenizer):
         self.merges = list(merges)
         if special_tokens is None:
             special_tokens = [t for t in ["<|endoftext|>"] if t in self._token_ids]
+        # A cut inside a special token would split it (see `pretokenize`).
+        split = [t for t in special_tokens if re.search(r"\s\s\S", t)]
+        if split:
+            raise ValueError(
+                f"`special_tokens` {split} hold two whitespace characters before a "
+                "non-space one; GPT-2's pre-tokenization cannot keep them whole."
+            )
         missing = [t for t in special_tokens if t not in self._token_ids]
         if missing:
             raise ValueError(f"`special_tokens` {missing} are not in the vocabulary.")
         self.special_tokens = list(special_tokens)
+        words = [] if words is None else words
+        if isinstance(words, str) or not all(isinstance(w, str) for w in words):
+            raise TypeError(f"`words` must be a list of str. Received: {words!r:.80}")
+        self.words = list(words)
         self.bos_token_id = self.eos_token_id = self._optional_id("<|endoftext|>")
         self.pad_token_id = None
         self._build_tables()
@@ -139,58 +165,85 @@ class BytePairTokenizer(Tokenizer):
                 for t in self.vocabulary
             ]
         )
+        self._special_pattern = None
         if self.special_tokens:
-            escaped = "|".join(_escape(t) for t in sorted(self.special_tokens, key=len)[::-1])
-            self._special_pattern = escaped
-            self._special_ids = tf.lookup.StaticHashTable(
-                tf.lookup.KeyValueTensorInitializer(
-                    tf.constant(self.special_tokens),
-                    tf.constant([self._token_ids[t] for t in self.special_tokens], tf.int32),
-                ),
-                default_value=-1,
+            self._special_pattern = "|".join(
+                _escape(t) for t in sorted(self.special_tokens, key=len)[::-1]
             )
+        self._build_word_table(decoder)
+
+    def _build_word_table(self, decoder: dict[str, int]):
+        """The merged ids of `words`, of every token that can be a word, and of specials.
+
+        Most words of real text are tokens of the vocabulary (" the", " and", ","); their
+        ids come from the merge path once, here, so a table lookup gives the same ids.
+        """
+        specials = set(self.special_tokens)
+        words = [w for w in self.words if w not in specials]
+        for token in self.vocabulary:
+            if token in specials or any(c not in decoder for c in token):
+                continue
+            try:
+                words.append(bytes(decoder[c] for c in token).decode("utf-8"))
+            except UnicodeDecodeError:  # a piece of a multi-byte character
+                continue
+        # One graph run of the merge loop (eager, even inside a graph). A function of this
+        # tokenizer only, traced once: not the retracing TensorFlow warns about.
+        encode = tf.function(lambda words: self._encode_unique(words), autograph=False)
+        with tf.init_scope():
+            merged = encode(tf.constant(words, tf.string))
+            splits, values = merged.row_splits.numpy(), merged.flat_values.numpy().tolist()
+        table = {w: values[a:b] for w, a, b in zip(words, splits[:-1], splits[1:], strict=True)}
+        table.update((t, [self._token_ids[t]]) for t in self.special_tokens)
+        lengths = [len(ids) for ids in table.values()]
+        self._word_ids = tf.constant([i for ids in table.values() for i in ids], tf.int32)
+        self._word_splits = tf.constant([0, *itertools.accumulate(lengths)], tf.int64)
+        self._word_rows = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(list(table), tf.string), tf.range(len(table), dtype=tf.int64)
+            ),
+            default_value=-1,
+        )
 
     def _tokenize(self, strings):
-        # tf-text's regex_split stops at a NUL byte: "\xff" (never in valid UTF-8, split as
-        # NUL is) stands in for it until `_encode_words` maps the byte back.
-        strings = tf.strings.regex_replace(strings, r"\x00", b"\xff")
-        if not self.special_tokens:
-            return self._encode_words(pretokenize(strings))
-        # Special tokens first, as Hugging Face does: text between them is split alone.
-        pieces = tf_text.regex_split(strings, self._special_pattern, self._special_pattern)
-        special = self._special_ids.lookup(pieces.flat_values)  # (P,), -1 for plain text
-        is_special = special >= 0
-        plain = tf.where(is_special, "", pieces.flat_values)
-        ids = self._encode_words(pretokenize(plain))  # (P, (ids))
-        special = tf.RaggedTensor.from_row_lengths(
-            tf.boolean_mask(special, is_special), tf.cast(is_special, tf.int64)
+        words = pretokenize(strings, self._special_pattern)  # (B, (words))
+        flat = words.flat_values  # (N,)
+        row = self._word_rows.lookup(flat)  # (N,): row of the word table, -1 if absent
+        missing = tf.where(row < 0)  # (M, 1)
+        unknown, index = tf.unique(tf.gather_nd(flat, missing), out_idx=tf.int64)  # (U,), (M,)
+        merged = self._encode_unique(unknown)  # (U, (ids))
+        # The table's rows, then one row per unknown word: (table rows + U, (ids)).
+        splits = self._word_splits
+        table = tf.RaggedTensor.from_row_splits(
+            tf.concat([self._word_ids, merged.flat_values], axis=0),
+            tf.concat([splits, splits[-1] + merged.row_splits[1:]], axis=0),
+            validate=False,
         )
-        ids = tf.concat([special, ids], axis=1)  # a piece is either special or plain
-        return pieces.with_flat_values(ids).merge_dims(1, 2)
+        known = tf.shape(splits, out_type=tf.int64)[0] - 1
+        row = tf.tensor_scatter_nd_update(row, missing, known + index)
+        ids = tf.gather(table, row)  # (N, (ids))
+        return tf.RaggedTensor.from_row_splits(
+            ids.flat_values, tf.gather(ids.row_splits, words.row_splits), validate=False
+        )
 
-    def _encode_words(self, words: tf.RaggedTensor) -> tf.RaggedTensor:
-        """`(B, (words))` pre-tokens -> `(B, (ids))`; each distinct word is merged once."""
-        unique, index = tf.unique(words.flat_values)
-        chars = tf.strings.bytes_split(unique)  # (U, (bytes))
+    def _encode_unique(self, words: tf.Tensor) -> tf.RaggedTensor:
+        """`(U,)` words -> `(U, (ids))` by the merge path."""
+        chars = tf.strings.bytes_split(words)  # (U, (bytes))
         byte_values = tf.reshape(tf.io.decode_raw(chars.flat_values, tf.uint8), [-1])
-        byte_values = tf.where(byte_values == 255, tf.constant(0, tf.uint8), byte_values)
-        ids = chars.with_flat_values(tf.gather(self._byte_ids, tf.cast(byte_values, tf.int32)))
-        merged = self._merge(ids.flat_values, ids.row_splits)
-        merged = tf.gather(merged, index)  # (N, (ids))
-        return words.with_flat_values(merged).merge_dims(1, 2)
+        ids = tf.gather(self._byte_ids, tf.cast(byte_values, tf.int32))
+        return self._merge(ids, tf.cast(chars.row_splits, tf.int64))
 
     def _merge(self, values, row_splits) -> tf.RaggedTensor:
         """Applies merges by rank until none applies. values: (n,) ids in rows."""
         size, no_merge = tf.constant(self._size, tf.int64), self._no_merge
 
-        def step(values, row_splits, _):
-            row = tf.ragged.row_splits_to_segment_ids(row_splits)
-            nrows = tf.shape(row_splits, out_type=tf.int64)[0] - 1
+        def step(values, rows, _):
+            # values, rows: (n,) ids and the word of each; pairs: (n - 1,)
             keys = tf.cast(values[:-1], tf.int64) * size + tf.cast(values[1:], tf.int64)
             ranks = self._merge_ranks.lookup(keys)
-            ranks = tf.where(row[:-1] == row[1:], ranks, no_merge)  # pairs inside one word
-            best = tf.math.unsorted_segment_min(ranks, row[:-1], nrows)
-            chosen = (ranks == tf.gather(best, row[:-1])) & (ranks < no_merge)
+            ranks = tf.where(rows[:-1] == rows[1:], ranks, no_merge)  # pairs inside one word
+            best = tf.math.segment_min(ranks, rows[:-1])  # rows are sorted
+            chosen = (ranks == tf.gather(best, rows[:-1])) & (ranks < no_merge)
             # Overlapping matches ("a a a") merge left to right: every other in a run.
             starts = chosen & ~tf.concat([[False], chosen[:-1]], axis=0)
             run = tf.cumsum(tf.cast(starts, tf.int32)) - 1
@@ -202,18 +255,18 @@ class BytePairTokenizer(Tokenizer):
             new_values = tf.where(
                 tf.concat([merge, [False]], 0), tf.pad(merged_ids, [[0, 1]]), values
             )
-            keep = ~tf.concat([[False], merge], axis=0)
-            lengths = tf.math.unsorted_segment_sum(tf.cast(keep, tf.int64), row, nrows)
-            new_splits = tf.concat([[0], tf.cumsum(lengths)], axis=0)
-            return tf.boolean_mask(new_values, keep), new_splits, tf.reduce_any(merge)
+            kept = tf.where(~tf.concat([[False], merge], axis=0))[:, 0]
+            return tf.gather(new_values, kept), tf.gather(rows, kept), tf.reduce_any(merge)
 
-        values, row_splits, _ = tf.while_loop(
-            lambda v, s, more: more,
+        rows = tf.ragged.row_splits_to_segment_ids(row_splits)
+        values, rows, _ = tf.while_loop(
+            lambda v, r, more: more,
             step,
-            (values, row_splits, tf.size(values) > 1),
+            (values, rows, tf.size(values) > 1),
             shape_invariants=(tf.TensorShape([None]), tf.TensorShape([None]), tf.TensorShape([])),
         )
-        return tf.RaggedTensor.from_row_splits(values, row_splits)
+        nrows = tf.shape(row_splits, out_type=tf.int64)[0] - 1
+        return tf.RaggedTensor.from_value_rowids(values, rows, nrows)
 
     def _detokenize(self, ids):
         text = tf.strings.reduce_join(tf.gather(self._token_bytes, ids), axis=-1)
@@ -231,6 +284,7 @@ class BytePairTokenizer(Tokenizer):
             vocabulary=self._token_ids,
             merges=self.merges,
             special_tokens=self.special_tokens,
+            words=self.words,
         )
         return config
 
@@ -239,6 +293,25 @@ class BytePairTokenizer(Tokenizer):
         """Loads `vocab.json` + `merges.txt` of a Hugging Face GPT-2 style folder."""
         folder = Path(path)
         return cls(folder / "vocab.json", folder / "merges.txt", special_tokens=special_tokens)
+
+
+def frequent_words(texts, count: int, batch_size: int = 1024) -> list[str]:
+    """The `count` most frequent GPT-2 pre-tokens of `texts` (an iterable of str).
+
+    For `BytePairTokenizer(words=...)`: a sample of the text to tokenize is enough.
+
+    Example:
+    >>> frequent_words(["the cat, the dog and the end"], 1)
+    [' the']
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise ValueError(f"`count` must be an int >= 0. Received: {count!r}")
+    counts = collections.Counter()
+    texts = iter([texts] if isinstance(texts, str) else texts)
+    while batch := list(itertools.islice(texts, batch_size)):
+        words, _, n = tf.unique_with_counts(pretokenize(tf.constant(batch)).flat_values)
+        counts.update(dict(zip(words.numpy().tolist(), n.numpy().tolist(), strict=True)))
+    return [w.decode("utf-8") for w, _ in counts.most_common(count)]
 
 
 def _escape(token: str) -> str:

