@@ -49,6 +49,7 @@ MODULES = [
     "tfllm.demonstrations",
     "tfllm.demonstrations.embeddings",
     "tfllm.demonstrations.evaluation",
+    "tfllm.demonstrations.icl",
     "tfllm.demonstrations.prompts",
     "tfllm.demonstrations.scoring",
     "tfllm.demonstrations.selectors",
