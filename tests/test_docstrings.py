@@ -71,6 +71,7 @@ MODULES = [
     "tfllm.preprocessing.chat",
     "tfllm.preprocessing.nsp",
     "tfllm.preprocessing.token_classification",
+    "tfllm.progress",
     "tfllm.tokenizers.base",
     "tfllm.tokenizers.byte_pair",
     "tfllm.tokenizers.files",

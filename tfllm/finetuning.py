@@ -35,6 +35,7 @@ from tfllm.models import PRESETS, BertBackbone, TextClassifier, TokenClassifier
 from tfllm.models.preset_io import read_preset, with_overrides
 from tfllm.plots import plot_history
 from tfllm.preprocessing import BertPreprocessor, TokenClassificationPreprocessor
+from tfllm.progress import ProgressCallback
 from tfllm.tokenizers import Tokenizer, WordPieceTokenizer, load_tokenizer, save_tokenizer
 from tfllm.training import make_optimizer, make_strategy
 
@@ -269,9 +270,12 @@ def _finetune(config: RunConfig, data: labelled.LabelledData, verbose: bool) -> 
         epochs=config.steps // config.log_every,  # one "epoch" per evaluation
         steps_per_epoch=config.log_every,
         validation_data=validation,
-        callbacks=_callbacks(config, monitor, best),
+        callbacks=[
+            *_callbacks(config, monitor, best),
+            ProgressCallback(config.steps, config.log_every, verbose),
+        ],
         shuffle=False,  # the dataset shuffles itself, with `seed`
-        verbose=2 if verbose else 0,
+        verbose=0,
     )
     history = {"step": [(e + 1) * config.log_every for e in fit.epoch], **fit.history}
     model.load_weights(best)

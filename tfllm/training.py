@@ -19,6 +19,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from tfllm.progress import StepProgress
 from tfllm.replica_input import ReplicaInput
 
 logger = logging.getLogger(__name__)
@@ -263,7 +264,7 @@ class Trainer:
         tokens_per_batch: tokens in one global batch, for tokens/s.
         flops_per_token: training FLOPs per token; with `peak_flops` gives MFU.
         peak_flops: the machine's FLOP/s, e.g. a measured `tf.matmul` rate.
-        verbose: show a progress bar.
+        verbose: show progress (`tfllm.progress`).
     """
 
     def __init__(
@@ -350,7 +351,7 @@ class Trainer:
             else tf.summary.create_noop_writer()
         )
         history: dict[str, list[float]] = {"step": []}
-        progress = keras.utils.Progbar(self.steps, verbose=int(self.verbose and self.is_chief))
+        progress = StepProgress(self.steps, step, verbose=self.verbose and self.is_chief)
         started, started_step = time.perf_counter(), step
         while step < self.steps:
             # One graph call runs the steps up to the next log or checkpoint step: the host
@@ -374,8 +375,7 @@ class Trainer:
                 if validation is not None:
                     logs.update(self._evaluate(validation, prefix="val_"))
                 self._record(writer, history, step, logs)
-                shown = [(k, logs[k]) for k in ("loss", "tokens_per_second") if k in logs]
-                progress.update(step, shown)
+                progress.update(step, logs)
                 started, started_step = time.perf_counter(), step
             if step % self.checkpoint_every == 0 or step == self.steps:
                 self._save(manager, input_manager, step)

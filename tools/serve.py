@@ -11,11 +11,8 @@ beside the newest). Then e.g.
 
 import argparse
 import logging
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from export.serve import ModelConfig, ModelServer  # noqa: E402
+from export.serve import ModelConfig, ModelServer
 
 
 def model_spec(text: str) -> ModelConfig:
