@@ -26,6 +26,7 @@ SHOWN = {
     "loss": "loss",
     "val_loss": "val_loss",
     "val_accuracy": "val_accuracy",
+    "val_mlm_accuracy": "val_mlm_accuracy",
     "tokens_per_second": "tokens/s",
 }
 
