@@ -132,8 +132,10 @@ def build(root: Path, size: str = "small", language: str = "en") -> list[Stage]:
     return [
         Stage("data", {"inputs": inputs, "output": str(data), "clean": clean,
                        "text_unit": text_unit, "validation_fraction": 0.1, "num_shards": 2},
-              _with_config(prepare_data), outputs=("data/report/report.html",
-                                                   "data/report/report.json")),
+              _with_config(prepare_data),
+              outputs=tuple(f"data/report/{f}" for f in ("report.html", "report.json",
+                                                          "lengths_before.png",
+                                                          "lengths_after.png"))),
         Stage("tokenizer", {"files": shards["train_files"], "data_format": "jsonl",
                             "vocabulary_size": n["vocabulary"], "output": str(root / "tokenizer")},
               _with_config(train_tokenizer), outputs=("tokenizer/vocab.txt",), after=("data",)),
