@@ -1,24 +1,61 @@
 """The README's main job runs end to end at a tiny size, then skips what is up to date."""
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
-from tools import demo
+from tools import demo, demo_report, demo_stages
 
-STAGES = ["data", "tokenizer", "gpt", "bert", "classifier", "tune", "evaluate", "export", "serve"]
+STAGES = [
+    "data", "tokenizer", "gpt", "bert", "classifier", "sft", "tune", "evaluate", "export", "serve",
+]  # fmt: skip
+
+
+def test_results_put_each_score_next_to_its_baseline():
+    summaries = {
+        "evaluate": {
+            "gpt": {"scores": {"perplexity": 80.0}, "baseline": {"unigram_perplexity": 200.0}},
+            "bert": {"scores": {"accuracy": 0.05}, "baseline": {"unigram_accuracy": 0.07}},
+        },
+        "tune": {"objective": "val_accuracy", "best_value": 0.8, "untuned_value": 0.5},
+    }
+    rows = {r["model"]: r for r in demo_report.results(summaries)}
+    assert list(rows) == ["GPT (pretrained)", "BERT (pretrained)", "tuned classifier"]
+    gpt, bert, tuned = rows.values()
+    assert (gpt["margin"], gpt["beats"]) == (-120.0, True)  # perplexity: lower is better
+    assert bert["margin"] == pytest.approx(-0.02) and not bert["beats"]
+    assert tuned["margin"] == pytest.approx(0.3) and tuned["beats"]
+    seconds = dict.fromkeys(summaries, 1.5)
+    table = demo_report.summary_table(summaries, seconds, Path("runs/demo"))
+    assert "total             3.0" in table and "NO" in table and "unigram model" in table
 
 
 @pytest.mark.slow
 @pytest.mark.assets
-def test_demo_runs_every_stage_then_skips_them(tmp_path):
+def test_demo_runs_every_stage_then_skips_them(tmp_path, capfd):
     summaries = demo.main(["--size", "tiny", "--out", str(tmp_path)])
+    out, err = capfd.readouterr()
+    # Not a terminal: plain lines, no progress-bar frames or colour codes.
+    assert "\r" not in out + err and "\x1b[" not in out + err
+    assert "step 20/20" in out
     assert list(summaries) == STAGES
     assert summaries["data"]["clean/kept"] > 30  # of Shakespeare's 38 plays
-    assert (tmp_path / "data" / "report" / "report.html").is_file()
     assert summaries["tokenizer"]["vocabulary_size"] > 500
-    for run in ("gpt", "bert", "classifier"):
-        assert (tmp_path / "runs" / run / "evaluation" / "report.json").is_file()
+    report = json.loads((tmp_path / "summary.json").read_text())
+    assert list(report["seconds"]) == STAGES and all(s > 0 for s in report["seconds"].values())
+    assert [r["model"] for r in report["results"]] == [
+        "GPT (pretrained)", "BERT (pretrained)", "classifier (MiniLM)", "GPT + SFT",
+        "tuned classifier",
+    ]  # fmt: skip
+    # The page links every stage's outputs and only files that exist.
+    page = (tmp_path / "index.html").read_text()
+    links = set(re.findall(r"(?:href|src)='([^']+)'", page))
+    assert all((tmp_path / link).exists() for link in links), links
+    for stage in demo_stages.build(tmp_path, "tiny"):
+        assert set(stage.outputs) <= links, stage.name
+    assert "serve/responses.json" in links and "runs/gpt/curves.png" in links
     assert json.loads((tmp_path / "tuning" / "best_config.json").read_text())["task"] == (
         "classification"
     )
@@ -33,3 +70,4 @@ def test_demo_runs_every_stage_then_skips_them(tmp_path):
     again = demo.main(["--size", "tiny", "--out", str(tmp_path)])  # everything up to date
     assert {p.name: p.read_text() for p in (tmp_path / "stamps").iterdir()} == stamps
     assert again["classifier"] == summaries["classifier"]
+    assert json.loads((tmp_path / "summary.json").read_text())["seconds"] == report["seconds"]

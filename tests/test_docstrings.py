@@ -79,6 +79,7 @@ MODULES = [
     "tfllm.preprocessing.chat",
     "tfllm.preprocessing.nsp",
     "tfllm.preprocessing.token_classification",
+    "tfllm.progress",
     "tfllm.replica_input",
     "tfllm.text_evaluation",
     "tfllm.tokenizers.base",

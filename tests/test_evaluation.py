@@ -107,13 +107,17 @@ def test_language_model_report_agrees_with_keras_perplexity(tmp_path, corpus, ta
     model = keras.saving.load_model(run_dir / "model.keras", compile=False)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     if task == "causal_lm":
-        model.compile(loss=loss, weighted_metrics=[Perplexity()])
-        keras_perplexity = model.evaluate(dataset, verbose=0, return_dict=True)["perplexity"]
+        model.compile(loss=loss, weighted_metrics=[Perplexity(), "accuracy"])
+        logs = model.evaluate(dataset, verbose=0, return_dict=True)
     else:
-        model.compile(loss={"mlm": loss, "nsp": loss}, weighted_metrics={"mlm": [Perplexity()]})
-        keras_perplexity = model.evaluate(dataset, verbose=0, return_dict=True)["mlm_perplexity"]
+        metrics = {"mlm": [Perplexity(), "accuracy"]}
+        model.compile(loss={"mlm": loss, "nsp": loss}, weighted_metrics=metrics)
+        logs = model.evaluate(dataset, verbose=0, return_dict=True)
+        logs = {k.removeprefix("mlm_"): v for k, v in logs.items()}
         assert 0 <= report["scores"]["nsp_accuracy"] <= 1
-    assert report["scores"]["perplexity"] == pytest.approx(keras_perplexity, rel=1e-4)
+    assert report["scores"]["perplexity"] == pytest.approx(logs["perplexity"], rel=1e-4)
+    assert report["scores"]["accuracy"] == pytest.approx(logs["accuracy"], rel=1e-4)
+    assert 0 < report["baseline"]["unigram_accuracy"] < 1
     assert report["baseline"]["unigram_perplexity"] < 120  # the vocabulary size
     if task == "causal_lm":  # 20 steps suffice to beat counting words on the training text
         assert report["scores"]["perplexity"] < report["baseline"]["unigram_perplexity"]

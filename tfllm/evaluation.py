@@ -6,11 +6,13 @@ r"""Scores of a finished run on data it never trained on: a JSON report and PNG 
   confusion matrix, next to the majority-class baseline;
 - token classification: entity-level precision / recall / F1 as conlleval counts them,
   per entity type, and the confusion matrix of word tags;
-- pretraining (causal LM, masked LM, MLM + NSP): perplexity on the validation files next
-  to a unigram model's (add-one smoothed counts of the training labels), NSP accuracy;
+- pretraining (causal LM, masked LM, MLM + NSP): perplexity and accuracy (of the
+  predicted tokens) on the validation files next to a unigram model's (add-one smoothed
+  counts of the training labels; its accuracy: always the most frequent token), NSP accuracy;
 - supervised fine-tuning (`causal_lm_sft`): answers generated (greedy) for the single-turn
   prompts of the test files (else validation), scored by `tfllm.text_evaluation` (BLEU,
-  chrF, ROUGE, exact match; accuracy / macro F1 for label-like answers), with
+  chrF, ROUGE, exact match; accuracy / macro F1 for label-like answers, next to always
+  giving the most common answer), with
   `report.md` (scores, settings, examples).
 It writes `report.json`, and for the labelled tasks `confusion_matrix.png` and
 `per_class_f1.png`, to `output_dir` (default `<run_dir>/evaluation/`).
@@ -215,6 +217,9 @@ def _evaluate_sft(config, model, split) -> dict:
     prompts, references = map(list, zip(*pairs, strict=True))
     report = evaluate_generation(model, prompts, references, batch_size=config.batch_size)
     report.pop("outputs")
+    if "accuracy" in report["scores"]:  # label-like answers: against the constant answer
+        most_common = collections.Counter(references).most_common(1)[0][1]
+        report["baseline"] = {"majority_accuracy": most_common / len(references)}
     skipped = len(conversations) - len(pairs)
     return {"split": name, "examples_scored": len(pairs), "multi_turn_skipped": skipped, **report}
 
@@ -251,6 +256,7 @@ def _evaluate_language_model(config, tokenizer, model) -> dict:
         y, weights = _mlm(y), _mlm(weights)
         counts += np.bincount(y[weights > 0], minlength=vocabulary)
     unigram = np.log(counts / counts.sum())
+    most_frequent = int(np.argmax(counts))
     totals = collections.Counter()
     for x, y, weights in batches(validation).as_numpy_iterator():
         outputs = model.predict_on_batch(x)
@@ -258,13 +264,18 @@ def _evaluate_language_model(config, tokenizer, model) -> dict:
         log_probs = logits - _logsumexp(logits)
         totals["model"] -= np.take_along_axis(log_probs, labels[..., None], -1)[..., 0][mask].sum()
         totals["unigram"] -= unigram[labels[mask]].sum()
+        totals["correct"] += (np.argmax(logits, -1) == labels)[mask].sum()
+        totals["unigram_correct"] += (labels[mask] == most_frequent).sum()
         totals["tokens"] += mask.sum()
         if isinstance(y, dict):  # next-sentence prediction
             totals["nsp_correct"] += (np.argmax(outputs["nsp"], -1) == y["nsp"]).sum()
             totals["nsp_pairs"] += len(y["nsp"])
     if not totals["tokens"]:
         raise ValueError(f"The validation files {validation} hold no tokens to score.")
-    scores = {"perplexity": float(np.exp(totals["model"] / totals["tokens"]))}
+    scores = {
+        "perplexity": float(np.exp(totals["model"] / totals["tokens"])),
+        "accuracy": float(totals["correct"] / totals["tokens"]),
+    }
     if totals["nsp_pairs"]:
         scores["nsp_accuracy"] = float(totals["nsp_correct"] / totals["nsp_pairs"])
     return {
@@ -272,7 +283,10 @@ def _evaluate_language_model(config, tokenizer, model) -> dict:
         "validation_files": [str(f) for f in validation],
         "tokens": int(totals["tokens"]),
         "scores": scores,
-        "baseline": {"unigram_perplexity": float(np.exp(totals["unigram"] / totals["tokens"]))},
+        "baseline": {
+            "unigram_perplexity": float(np.exp(totals["unigram"] / totals["tokens"])),
+            "unigram_accuracy": float(totals["unigram_correct"] / totals["tokens"]),
+        },
     }
 
 

@@ -35,6 +35,7 @@ import keras
 import tensorflow as tf
 
 from tfllm.io import atomic_path, atomic_write
+from tfllm.progress import StepProgress
 from tfllm.replica_input import ReplicaInput
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class Trainer:
         mode: `"max"` or `"min"`: which way `monitor` improves.
         patience: with a `monitor`, stop after this many evaluations without a better
             value (0: never stop early).
-        verbose: show a progress bar.
+        verbose: show progress (`tfllm.progress`).
     """
 
     def __init__(
@@ -180,7 +181,7 @@ class Trainer:
             if self.is_chief
             else tf.summary.create_noop_writer()
         )
-        progress = keras.utils.Progbar(self.steps, verbose=int(self.verbose and self.is_chief))
+        progress = StepProgress(self.steps, step, verbose=self.verbose and self.is_chief)
         started, started_step = time.perf_counter(), step
         while step < self.steps and not self._out_of_patience():
             # One graph call runs the steps up to the next log or checkpoint step: the host
@@ -206,8 +207,7 @@ class Trainer:
                     logs.update(self._evaluate(validation, prefix="val_"))
                 self._record(writer, history, step, logs)
                 self._track_best(step, logs)
-                shown = [(k, logs[k]) for k in ("loss", "tokens_per_second") if k in logs]
-                progress.update(step, shown)
+                progress.update(step, logs)
                 started, started_step = time.perf_counter(), step
             early_stop = logged and self._out_of_patience()
             if step % self.checkpoint_every == 0 or step == self.steps or early_stop:

@@ -8,14 +8,10 @@ Each command is a module of `tools/benchmarks/` (train, generate, tokenize, ...)
 
 import argparse
 import importlib
-import os
 import pkgutil
 import sys
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from tools import benchmarks  # noqa: E402
+from tools import benchmarks
 
 
 def commands() -> dict:

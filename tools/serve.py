@@ -14,16 +14,13 @@ named) plus `--host` (default 127.0.0.1, where TF Serving listens on every inter
 
 import argparse
 import logging
-import os
 import threading
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from export.batching import parse_batching_parameters  # noqa: E402
-from export.model_config import model_configs, parse_model_server_config  # noqa: E402
-from export.monitoring import parse_monitoring_config  # noqa: E402
-from export.serve import ModelConfig, ModelServer  # noqa: E402
+from export.batching import parse_batching_parameters
+from export.model_config import model_configs, parse_model_server_config
+from export.monitoring import parse_monitoring_config
+from export.serve import ModelConfig, ModelServer
 
 logger = logging.getLogger("tfllm.serve")
 

@@ -8,6 +8,7 @@ vocabulary files are also written there, atomically (all or nothing).
 import contextlib
 import io
 import json
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -90,6 +91,7 @@ def train_wordpiece(
         min_frequency=min_frequency,
         special_tokens=list(special_tokens),
         continuing_subword_prefix="##",
+        show_progress=sys.stderr.isatty(),  # its bars write blank lines into a log
     )
     vocab = _train_hf(tokenizer, source, trainer)["vocab"]
     # The trainer's order of equally ranked pieces varies from run to run: sort them, so
@@ -121,6 +123,7 @@ def train_bpe(
         min_frequency=min_frequency,
         special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=sys.stderr.isatty(),
     )
     model = _train_hf(tokenizer, source, trainer)
     vocab = model["vocab"]
