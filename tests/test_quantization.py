@@ -86,6 +86,7 @@ MINILM_TOLERANCES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.assets
 @pytest.mark.parametrize("precision", list(MINILM_TOLERANCES))
 def test_minilm_stays_near_float32_on_real_text(minilm_dir, minilm_inputs, precision):
@@ -161,6 +162,7 @@ def test_causal_lm_stays_near_float32_and_decodes_with_its_cache(tmp_path, engli
     np.testing.assert_array_equal(loaded(inputs), got)
 
 
+@pytest.mark.slow
 def test_int8_export_keeps_int8_weights_and_the_float32_signatures(tmp_path):
     tokenizer = WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "to", "be", "or", "not"])
     keras.utils.set_random_seed(4)

@@ -62,12 +62,14 @@ def export_classifier(name: str, base: str, sequence_length: int) -> str:
     return os.path.join(base, "classifier")
 
 
-def start_server(model_dir: str, extra: list[str]) -> tuple[subprocess.Popen, int]:
-    """`python -m tools.serve` on a free port of 127.0.0.1, once it answers `/healthz`."""
+def start_server(
+    model_dir: str, extra: list[str], name: str = "classifier"
+) -> tuple[subprocess.Popen, int]:
+    """`python -m tools.serve` of `name` on a free port of 127.0.0.1, once it answers."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "tools.serve", f"--model=classifier={model_dir}"]
+    command = [sys.executable, "-m", "tools.serve", f"--model={name}={model_dir}"]
     process = subprocess.Popen([*command, "--port", str(port), *extra], stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
