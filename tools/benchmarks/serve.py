@@ -71,7 +71,7 @@ def start_server(
         port = sock.getsockname()[1]
     command = [sys.executable, "-m", "tools.serve", f"--model={name}={model_dir}"]
     process = subprocess.Popen([*command, "--port", str(port), *extra], stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # a loaded shared machine starts TensorFlow slowly
     while time.monotonic() < deadline and process.poll() is None:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5):
