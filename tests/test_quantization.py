@@ -16,6 +16,7 @@ from tfllm.generation import generate
 from tfllm.layers.embedding import TokenEmbedding
 from tfllm.models import CausalLM, GPTBackbone, TextClassifier
 from tfllm.models.preset_io import read_preset, with_overrides
+from tfllm.preprocessing import CausalLMPreprocessor
 from tfllm.tokenizers import WordPieceTokenizer
 
 WEIGHT_ONLY = keras.quantizers.Int8QuantizationConfig(activation_quantizer=None)
@@ -160,6 +161,18 @@ def test_causal_lm_stays_near_float32_and_decodes_with_its_cache(tmp_path, engli
     dtypes = {w.path: w.dtype for w in loaded.weights}
     assert dtypes == {w.path: w.dtype for w in lm.weights}
     np.testing.assert_array_equal(loaded(inputs), got)
+
+
+def test_quantize_leaves_the_preprocessor_and_generates_text():
+    tokenizer = WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "to", "be", "or", "not"])
+    keras.utils.set_random_seed(5)
+    backbone = GPTBackbone.from_preset("gpt_tiny", vocabulary_size=8, dropout=0.0)
+    lm = CausalLM(backbone, preprocessor=CausalLMPreprocessor(tokenizer, sequence_length=8))
+    expected = lm.generate(["to be"], max_length=8)
+    lm.quantize("int8")
+    assert lm.preprocessor.tokenizer is tokenizer
+    assert lm.backbone.token_embedding.embeddings.dtype == "int8"
+    assert len(lm.generate(["to be"], max_length=8)) == len(expected) == 1
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ defaults by its first `fit` or `evaluate`.
 
 import logging
 import os
+import re
 import warnings
 
 import keras
@@ -277,7 +278,8 @@ class Task(keras.Model):
         activation_quantizer=None)` keeps activations float (weight-only). Norms,
         position embeddings and biases stay float. Keras warns once per layer it leaves
         float; those warnings are dropped here. `.keras` files, presets and SavedModels
-        keep the quantized weights. For bfloat16 weights rebuild instead:
+        keep the quantized weights; the preprocessor is left alone. For bfloat16 weights
+        rebuild instead:
         `from_preset(..., dtype="bfloat16")` or `preset_io.with_overrides(task,
         dtype="bfloat16")`.
 
@@ -287,9 +289,26 @@ class Task(keras.Model):
         >>> lm.backbone.token_embedding.embeddings.dtype
         'int8'
         """
+        if not (filters is None or isinstance(filters, (str, list, tuple)) or callable(filters)):
+            raise ValueError(
+                "`filters` must be a regex string, a list of them or a callable. "
+                f"Received: {filters!r}"
+            )
+        # The preprocessor's layers (tokenizers) hold no weights to quantize; Keras would
+        # refuse them as unbuilt. Otherwise `filters` as Keras reads them (layer names).
+        skip = {id(layer) for layer in getattr(self.preprocessor, "_flatten_layers", list)()}
+
+        def keep(layer):
+            if id(layer) in skip:
+                return False
+            if filters is None or callable(filters):
+                return filters is None or filters(layer)
+            patterns = [filters] if isinstance(filters, str) else filters
+            return any(re.search(pattern, layer.name) for pattern in patterns)
+
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Layer .* does not have a `quantize` method")
-            super().quantize(mode, config=config, filters=filters, **kwargs)
+            super().quantize(mode, config=config, filters=keep, **kwargs)
 
     # --- Raw inputs ---------------------------------------------------------------------------
 
