@@ -108,3 +108,12 @@ def test_interleaved_results_keep_each_timers_last_result():
     assert calls == ["a", "b", "a", "b", "b", "a"]  # warm-up, then A B, then B A
     assert times == {"a": [0.3, 0.6], "b": [0.4, 0.5]}
     assert results == {"a": "a6", "b": "b5"}
+
+
+@pytest.mark.parametrize("dtype, size", [("float32", 4), ("bfloat16", 2)])
+def test_decode_bytes_per_step_counts_weights_and_grouped_kv_cache(dtype, size):
+    # llama_tiny: RoPE (no position table), 2 layers, 2 key/value heads of 16.
+    gpt = GPTBackbone.from_preset("llama_tiny", dtype=dtype)
+    layers, kv_heads, head_size, batch, length = 2, 2, 16, 3, 40
+    cache = 2 * layers * batch * kv_heads * length * head_size * size  # keys and values
+    assert bench.decode_bytes_per_step(gpt, batch, length) == gpt.count_params() * size + cache

@@ -1,10 +1,12 @@
-"""Training-throughput benchmark pieces: models under test, synthetic batches, timing, MFU.
+"""Benchmark pieces: models under test, synthetic batches, timing, MFU, decoding bound.
 
 `tools/benchmark.py` is the command line; everything it measures with lives here so a
 notebook or a test can reuse it. Figures are only comparable inside one run: time the
 models interleaved (A B A B ...) and compare medians, as `interleaved_times` does.
 """
 
+import concurrent.futures
+import os
 import statistics
 import time
 
@@ -113,6 +115,57 @@ def matmul_timer(dtype="float32", size=4096, repeats=3):
         return statistics.median(times)
 
     return timer
+
+
+def memory_bandwidth(megabytes=512, repeats=5):
+    """The machine's memory bandwidth in bytes/s: a large float32 array copy.
+
+    `megabytes` are copied into a preallocated array (no page faults timed), in one slice
+    per CPU core on as many threads (numpy releases the GIL); bytes moved (read plus
+    written) over the best of `repeats` times.
+
+    Example:
+    >>> memory_bandwidth(megabytes=8) > 0
+    True
+    """
+    source = np.ones(megabytes * 2**20 // 4, np.float32)
+    target = np.zeros_like(source)
+    parts = np.array_split(np.arange(source.size), os.cpu_count() or 1)
+    slices = [slice(part[0], part[-1] + 1) for part in parts if part.size]
+    with concurrent.futures.ThreadPoolExecutor(len(slices)) as pool:
+        times = []
+        for _ in range(repeats + 1):  # the first one warms the threads up
+            start = time.perf_counter()
+            list(pool.map(lambda s: np.copyto(target[s], source[s]), slices))
+            times.append(time.perf_counter() - start)
+    return 2 * source.nbytes / min(times[1:])
+
+
+def decode_bytes_per_step(backbone, batch_size, cache_length):
+    """Bytes that one decoding step of a `GPTBackbone` must read from memory.
+
+    Every weight once (the tied token embedding projects to the vocabulary), except the
+    position table, of which each row reads one line; plus the whole KV cache (keys and
+    values of `cache_length` positions in every layer), which attention reads every step.
+    `bytes / memory_bandwidth()` is the step's lower bound in seconds.
+
+    Example:
+    >>> gpt = GPTBackbone.from_preset("gpt_tiny")
+    >>> table = gpt.position_layer.embeddings.numpy().nbytes
+    >>> weights = sum(w.numpy().nbytes for w in gpt.weights) - table
+    >>> cache = 2 * 2 * 64 * 4 * 96  # k and v, 2 layers, d 64, float32, S 96
+    >>> decode_bytes_per_step(gpt, 1, 96) == weights + cache
+    True
+    """
+    positions = getattr(backbone.position_layer, "weights", [])
+    skip = {id(w) for w in positions}
+    weights = sum(
+        int(np.prod(w.shape)) * tf.as_dtype(w.dtype).size
+        for w in backbone.weights
+        if id(w) not in skip
+    )
+    cache = backbone.init_cache(batch_size, cache_length)
+    return weights + sum(int(tf.size(c)) * c.dtype.size for c in tf.nest.flatten(cache))
 
 
 def synthetic_batch(task, batch_size=16, sequence_length=128, vocabulary_size=8192, seed=0):

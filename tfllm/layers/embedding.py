@@ -32,6 +32,14 @@ class TokenEmbedding(keras.layers.ReversibleEmbedding):
                 )
         return super().call(inputs, reverse=reverse)
 
+    def quantize(self, mode=None, type_check=True, config=None):
+        """Keras's `ReversibleEmbedding.quantize` (e.g. `"int8"`: per-row int8 table).
+
+        Keras refuses subclasses unless `type_check=False`, as their `call` may differ;
+        this one only adds the eager id check (skipped once quantized).
+        """
+        super().quantize(mode, type_check=False, config=config)
+
 
 @keras.saving.register_keras_serializable(package="tfllm")
 class PositionEmbedding(keras.layers.Layer):

@@ -85,20 +85,57 @@ class Backbone(keras.Model):
     config_keys: tuple[str, ...] = ()
     preset_family = ""
 
-    def __init__(self, *args, dtype=None, **kwargs):
+    def __init__(self, *args, dtype=None, quantization_config=None, **kwargs):
         super().__init__(*args, **kwargs)
         # A functional model drops `dtype`: keep it, so `get_config` (and presets) do too.
         if dtype is not None:
             self.dtype_policy = keras.dtype_policies.get(dtype)
+        if quantization_config is not None:
+            self._restore_quantization_config(quantization_config)
 
     def get_config(self) -> dict:
         config = {key: getattr(self, key) for key in self.config_keys}
         config.update(
             name=self.name,
             trainable=self.trainable,
-            dtype=keras.dtype_policies.serialize(self.dtype_policy),
+            dtype=keras.dtype_policies.serialize(self._dtype_policy_map()),
         )
+        quantized = [layer for layer in self._flatten_layers() if layer.quantization_mode]
+        if quantized and getattr(quantized[0], "quantization_config", None) is not None:
+            # Not part of the dtype policy (e.g. weight-only int8: no activation quantizer).
+            config["quantization_config"] = keras.saving.serialize_keras_object(
+                quantized[0].quantization_config
+            )
         return config
+
+    def _restore_quantization_config(self, config):
+        """Gives the layers rebuilt quantized (by the policy map) the config they had.
+
+        Keras builds a layer quantized by its policy with the default config (int8:
+        activations quantized too); this sets the saved one, as `Model.quantize` did.
+        """
+        if isinstance(config, dict):
+            config = keras.saving.deserialize_keras_object(config)
+        for layer in self._flatten_layers():
+            if layer.quantization_mode is not None:
+                layer.quantization_config = config
+                layer.inputs_quantizer = config.activation_quantizer
+
+    def _dtype_policy_map(self):
+        """The dtype policy, or after `quantize` a `DTypePolicyMap` of the quantized layers.
+
+        Sublayers take their parent's `dtype`; a map passed as `dtype` gives each layer
+        its policy by path, so a reloaded model builds its quantized layers with int8
+        kernels and scales before the weights are read (as keras-hub's `Backbone`).
+        """
+        policy = self.dtype_policy
+        if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
+            return policy
+        policy_map = keras.dtype_policies.DTypePolicyMap(default_policy=policy)
+        for layer in self._flatten_layers(include_self=False):
+            if layer.quantization_mode is not None:
+                policy_map[layer.path] = layer.dtype_policy
+        return policy_map if len(policy_map) else policy
 
     @classmethod
     def from_config(cls, config):

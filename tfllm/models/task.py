@@ -15,6 +15,8 @@ defaults by its first `fit` or `evaluate`.
 
 import logging
 import os
+import re
+import warnings
 
 import keras
 import tensorflow as tf
@@ -265,6 +267,48 @@ class Task(keras.Model):
         self.compile(**keras.saving.deserialize_keras_object(config))
         if self.built and built:  # optimizer variables, so that the saved ones load into them
             self.optimizer.build(self.trainable_variables)
+
+    def quantize(self, mode=None, config=None, filters=None, **kwargs):
+        """Quantizes the weights in place: Keras's `Model.quantize`, quietly.
+
+        `"int8"` stores every `Dense` kernel and the token embedding as int8 with one
+        float32 scale per output channel (per vocabulary row for the embedding, tied
+        logits included); by default activations are quantized per token on the fly
+        (int8 x int8 matmuls). `config=keras.quantizers.Int8QuantizationConfig(
+        activation_quantizer=None)` keeps activations float (weight-only). Norms,
+        position embeddings and biases stay float. Keras warns once per layer it leaves
+        float; those warnings are dropped here. `.keras` files, presets and SavedModels
+        keep the quantized weights; the preprocessor is left alone. For bfloat16 weights
+        rebuild instead:
+        `from_preset(..., dtype="bfloat16")` or `preset_io.with_overrides(task,
+        dtype="bfloat16")`.
+
+        Example:
+        >>> lm = CausalLM(GPTBackbone.from_preset("gpt_tiny"))
+        >>> lm.quantize("int8")
+        >>> lm.backbone.token_embedding.embeddings.dtype
+        'int8'
+        """
+        if not (filters is None or isinstance(filters, (str, list, tuple)) or callable(filters)):
+            raise ValueError(
+                "`filters` must be a regex string, a list of them or a callable. "
+                f"Received: {filters!r}"
+            )
+        # The preprocessor's layers (tokenizers) hold no weights to quantize; Keras would
+        # refuse them as unbuilt. Otherwise `filters` as Keras reads them (layer names).
+        skip = {id(layer) for layer in getattr(self.preprocessor, "_flatten_layers", list)()}
+
+        def keep(layer):
+            if id(layer) in skip:
+                return False
+            if filters is None or callable(filters):
+                return filters is None or filters(layer)
+            patterns = [filters] if isinstance(filters, str) else filters
+            return any(re.search(pattern, layer.name) for pattern in patterns)
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Layer .* does not have a `quantize` method")
+            super().quantize(mode, config=config, filters=keep, **kwargs)
 
     # --- Raw inputs ---------------------------------------------------------------------------
 

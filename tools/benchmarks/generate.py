@@ -1,14 +1,15 @@
-"""Generation speed of tfllm against keras-hub, same config and weights, in one run.
+"""Generation speed of tfllm against keras-hub and the memory-bandwidth bound, in one run.
 
-    python -m tools.benchmark generate [--batch_sizes 1,8] [--prompt 32] [--new 64]
-        [--rounds 5] [--xla both] [--write]
+    python -m tools.benchmark generate [--sizes gpt_tiny,gpt_bench,gpt2_small]
+        [--batch_sizes 1,8] [--prompt 32] [--new 64] [--rounds 5] [--write]
 
-A random-weight keras-hub `GPT2CausalLM` (the `gpt_bench` size: 4 layers, d 256, vocab
-8192) and a tfllm `CausalLM` holding the same weights (`gpt_from_keras_hub`) continue the
-same random prompts greedily for `--new` tokens, with no stop token. Both run without XLA
-(keras-hub's default on CPU) and with it (`jit_compile=True`).
-Reported: median ms per generated step and tokens/s over interleaved rounds, and the
-median per-round speed-up of tfllm over keras-hub. Both must emit the same tokens.
+For each size, a random-weight keras-hub `GPT2CausalLM` and a tfllm `CausalLM` holding
+the same weights (`gpt_from_keras_hub`) continue the same random prompts greedily for
+`--new` tokens, with no stop token, without XLA (keras-hub's default on CPU) and with it
+(`jit_compile=True`). Reported: median ms per generated step, tokens/s, the median
+per-round speed-up of tfllm over keras-hub, and the step's lower bound: the bytes one
+step must read (`decode_bytes_per_step`: every weight, the KV cache) over the machine's
+memory bandwidth (`memory_bandwidth`, a large array copy). Both must emit the same tokens.
 """
 
 import argparse
@@ -22,14 +23,22 @@ from tfllm import benchmarking as bench
 from tfllm.generation import generate
 from tfllm.models import CausalLM
 from tfllm.models.convert import gpt_from_keras_hub
+from tfllm.models.presets import PRESETS
 from tools.benchmarks import header, interleaved_results, write_section
 from tools.benchmarks.train import comma_list
 
-DESCRIPTION = "Generation ms/token of tfllm against keras-hub GPT2CausalLM.generate."
+DESCRIPTION = "Generation ms/token of tfllm and keras-hub against the memory-bandwidth bound."
 SECTION = "## Generation speed"
+SIZES = {
+    "gpt_tiny": PRESETS["gpt_tiny"]["config"],
+    "gpt_bench": bench.BENCH,
+    "gpt2_small": PRESETS["gpt2_small_random"]["config"],
+}
+LIBRARIES = ("keras-hub", "keras-hub XLA", "tfllm", "tfllm XLA")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sizes", type=comma_list(choices=list(SIZES)), default=list(SIZES))
     parser.add_argument("--batch_sizes", type=comma_list(kind=int), default=[1, 8])
     parser.add_argument("--prompt", type=int, default=32, help="prompt tokens")
     parser.add_argument("--new", type=int, default=64, help="generated tokens")
@@ -37,9 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls first (compiles)")
 
 
-def build_models(total_length: int):
+def build_models(config: dict, total_length: int):
     """keras-hub `GPT2CausalLM`s (without, with XLA) and a tfllm `CausalLM`, same weights."""
-    config = {**bench.BENCH, "max_sequence_length": max(total_length, 128)}
+    config = {**config, "max_sequence_length": max(total_length, config["max_sequence_length"])}
     backbone = keras_hub.models.GPT2Backbone(**config, dropout=0.0)
     theirs = {}
     for jit_compile in (False, True):
@@ -49,9 +58,10 @@ def build_models(total_length: int):
 
 
 def timers_for(batch_size, args, theirs, ours):
-    """`{name: timer}` for one batch size; each timer returns (seconds, new token ids)."""
+    """`{library: timer}` for one batch size; each returns (seconds, new token ids)."""
     rng = np.random.default_rng(batch_size)
-    prompts = rng.integers(1, bench.BENCH["vocabulary_size"], (batch_size, args.prompt))
+    vocabulary_size = ours.backbone.vocabulary_size
+    prompts = rng.integers(1, vocabulary_size, (batch_size, args.prompt))
     total = args.prompt + args.new
     # keras-hub continues to the padded length: the prompt, then `new` masked slots.
     padded = {
@@ -76,57 +86,68 @@ def timers_for(batch_size, args, theirs, ours):
 
         return timer
 
-    return {
-        (batch_size, "keras-hub"): keras_hub_timer(False),
-        (batch_size, "keras-hub XLA"): keras_hub_timer(True),
-        (batch_size, "tfllm"): tfllm_timer(False),
-        (batch_size, "tfllm XLA"): tfllm_timer(True),
-    }
+    return dict(zip(LIBRARIES, [keras_hub_timer(False), keras_hub_timer(True),
+                                tfllm_timer(False), tfllm_timer(True)], strict=True))  # fmt: skip
 
 
 def run(args: argparse.Namespace, command: str) -> None:
-    theirs, ours = build_models(args.prompt + args.new)
-    timers = {}
-    for batch_size in args.batch_sizes:
-        timers.update(timers_for(batch_size, args, theirs, ours))
-    times, tokens = interleaved_results(timers, args.rounds, args.warmup)
+    bandwidth = bench.memory_bandwidth()
+    print(f"memory bandwidth (array copy): {bandwidth / 1e9:.1f} GB/s")
     rows = []
-    for batch_size in args.batch_sizes:
-        reference = tokens[(batch_size, "keras-hub")]
-        for library in ("keras-hub", "keras-hub XLA", "tfllm", "tfllm XLA"):
-            seconds = times[(batch_size, library)]
-            speedup = statistics.median(
-                k / s for k, s in zip(times[(batch_size, "keras-hub")], seconds, strict=True)
+    for size in args.sizes:
+        theirs, ours = build_models(SIZES[size], args.prompt + args.new)
+        timers = {
+            (batch_size, library): timer
+            for batch_size in args.batch_sizes
+            for library, timer in timers_for(batch_size, args, theirs, ours).items()
+        }
+        times, tokens = interleaved_results(timers, args.rounds, args.warmup)
+        for batch_size in args.batch_sizes:
+            # The mean cache length over the steps; tfllm reads its whole cache each step.
+            step_bytes = bench.decode_bytes_per_step(
+                ours.backbone, batch_size, args.prompt + args.new
             )
-            same = np.array_equal(tokens[(batch_size, library)], reference)
-            median = statistics.median(seconds)
-            rows.append([
-                batch_size, library, f"{median / args.new * 1e3:.2f}",
-                f"{batch_size * args.new / median:,.0f}", f"**{speedup:.2f}×**",
-                "yes" if same else "**no**",
-            ])  # fmt: skip
-    header = ["batch", "library", "ms/token", "tokens/s", "speed-up vs keras-hub", "same tokens"]
-    table = bench.markdown_table(header, rows)
+            bound = step_bytes / bandwidth
+            reference = times[(batch_size, "keras-hub")]
+            for library in LIBRARIES:
+                seconds = times[(batch_size, library)]
+                speedup = statistics.median(k / s for k, s in zip(reference, seconds, strict=True))
+                same = np.array_equal(
+                    tokens[(batch_size, library)], tokens[(batch_size, "keras-hub")]
+                )
+                per_token = statistics.median(seconds) / args.new
+                rows.append([
+                    size, batch_size, library, f"{per_token * 1e3:.2f}",
+                    f"{step_bytes / 1e6:.1f}", f"{bound * 1e3:.2f}",
+                    f"**{per_token / bound:.1f}×**",
+                    f"{speedup:.2f}×", "yes" if same else "**no**",
+                ])  # fmt: skip
+    columns = ["model", "batch", "library", "ms/token", "MB read/step", "bound ms",
+               "× bound", "speed-up vs keras-hub", "same tokens"]  # fmt: skip
+    table = bench.markdown_table(columns, rows)
     print(table)
     if args.write:
-        write_section(SECTION, section_body(command, table, args))
+        write_section(SECTION, section_body(command, table, bandwidth, args))
 
 
-def section_body(command, table, args):
+def section_body(command, table, bandwidth, args):
     return f"""
 {header(command)}
 
-GPT 4 layers, d 256, 4 heads, ff 1024, vocab 8192, random weights shared by both models;
-greedy, prompt {args.prompt} tokens, {args.new} new tokens, no stop token. keras-hub
-`GPT2CausalLM.generate` (preprocessor `None`, padded inputs) against
-`tfllm.generation.generate` (the whole loop one `tf.function`; per layer one head-major
-key and one value cache tensor, written in place; the prefill projects only each prompt's
-last position to the vocabulary), each without XLA
-(the default of both on CPU) and with `jit_compile=True`; speed-ups are against keras-hub
-without XLA (compare the XLA rows with each other for XLA against XLA).
-{args.rounds} interleaved rounds after {args.warmup} untimed call(s) (compilation); medians.
-ms/token = time per generated position (the whole batch); speed-up = median over rounds
-of keras-hub (no XLA) time / this row's time.
+Random-weight GPTs shared by both libraries: `gpt_tiny` (2 layers, d 64, vocab 1024),
+the benchmark GPT (4 layers, d 256, 4 heads, ff 1024, vocab 8192) and a GPT-2-small
+size (12 layers, d 768, 12 heads, ff 3072, vocab 50257); greedy, prompt {args.prompt}
+tokens, {args.new} new tokens, no stop token. keras-hub `GPT2CausalLM.generate`
+(preprocessor `None`, padded inputs) against `tfllm.generation.generate` (the whole loop
+one `tf.function`; per layer one head-major key and one value cache tensor, written in
+place; the prefill projects only each prompt's last position to the vocabulary), each
+without XLA (the default of both on CPU) and with `jit_compile=True`; speed-ups are
+against keras-hub without XLA. {args.rounds} interleaved rounds after {args.warmup}
+untimed call(s) (compilation); medians. ms/token = time per generated position (the
+whole batch). Bound = bytes one step reads (every weight but the position table, float32,
+plus the whole KV cache of {args.prompt + args.new} positions) / memory bandwidth
+{bandwidth / 1e9:.1f} GB/s (a 512 MB float32 array copy, bytes read + written; its
+best of 5); × bound = ms/token / bound ms (1.0 would be the hardware's floor).
 
 {table}
 """

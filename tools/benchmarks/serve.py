@@ -82,7 +82,7 @@ def start_server(name: str, model_dir: str, extra: list[str]) -> tuple[subproces
                f"--model_base_path={model_dir}", f"--port={ports[0]}",
                f"--rest_api_port={ports[1]}", *extra]  # fmt: skip
     process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 600  # a loaded shared machine starts TensorFlow slowly
     while time.monotonic() < deadline and process.poll() is None:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{ports[1]}/healthz", timeout=5):
