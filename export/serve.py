@@ -339,7 +339,12 @@ class ModelServer:
         # for the client's delayed ACK of its header write (Nagle's algorithm).
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.url = f"http://{host}:{sock.getsockname()[1]}"
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off")
+        # `log_config=None`: uvicorn must not replace the process's logging configuration
+        # (its default `dictConfig` closes the existing handlers and binds new ones to the
+        # `sys.stderr` of the moment); its loggers propagate to the application's.
+        config = uvicorn.Config(
+            self.app, log_config=None, log_level="warning", access_log=False, lifespan="off"
+        )
         return uvicorn.Server(config), sock
 
     def start(

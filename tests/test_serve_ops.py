@@ -3,6 +3,8 @@ Prometheus metrics, load across REST and gRPC, versions appearing or broken mid-
 SIGTERM draining requests in flight. All on 127.0.0.1, bounded in count and time.
 """
 
+import io
+import logging
 import os
 import re
 import shutil
@@ -280,3 +282,20 @@ def test_version_policies_and_rest_timeout(toy_base):
         server.start()
         status, body = http(f"{server.url}/v1/models/toy:predict", {"instances": ["a"]})
         assert status == 504 and "timed out" in body["error"]
+
+
+def test_the_server_leaves_the_logging_configuration_alone(tmp_path, capsys):
+    """uvicorn's default config would bind its loggers to the `sys.stderr` of the moment (a
+    test's capture, closed afterwards) and close the process's handlers."""
+    root = logging.getLogger()
+    handler = logging.StreamHandler(io.StringIO())
+    root.addHandler(handler)
+    try:
+        handlers = {name: list(logging.getLogger(name).handlers) for name in ("", "uvicorn.error")}
+        server = ModelServer([ModelConfig("empty", str(tmp_path))])
+        server.start("127.0.0.1", 0)
+        server.stop()
+        after = {name: list(logging.getLogger(name).handlers) for name in handlers}
+        assert after == handlers and not handler.stream.closed
+    finally:
+        root.removeHandler(handler)
