@@ -60,7 +60,7 @@ def test_rerun_resumes_instead_of_restarting(tmp_path, corpus):
     pretrain(config, verbose=False)
     summary = pretrain(config.replace(steps=5), verbose=False)
     history = json.loads((tmp_path / "r" / "history.json").read_text())
-    assert history["step"] == [4, 5] and summary["step"] == 5
+    assert history["step"] == [1, 2, 3, 4, 5] and summary["step"] == 5  # whole across resume
 
 
 @pytest.mark.parametrize(

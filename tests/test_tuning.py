@@ -190,12 +190,19 @@ def test_killed_search_resumes_without_rerunning_finished_trials(base, tmp_path)
     assert first.is_file() and not (out / "runs" / "trial_1" / "summary.json").exists()
     finished = first.stat().st_mtime_ns
     _wait_for(lambda: not _trial_processes(out), 30)  # the trial died with its search
+    resumed_at = _latest_step(checkpoints)
+    before = json.loads((out / "runs" / "trial_1" / "history.json").read_text())
     result = tune.main(args)
     assert first.stat().st_mtime_ns == finished  # trial 0 was not trained again
     assert result["trials"] == 2 and result["failed"] == 0
-    # Trial 1 went on from its checkpoint: its history only has the steps after it.
+    # Trial 1 went on from its checkpoint: the history up to it is kept as measured (a
+    # restart would have measured its speed anew), and the later steps follow.
     history = json.loads((out / "runs" / "trial_1" / "history.json").read_text())
-    assert history["step"][-1] == 24 and history["step"][0] > 8
+    assert history["step"] == list(range(4, 25, 4))
+    kept = [i for i, step in enumerate(before["step"]) if step <= resumed_at]
+    assert len(kept) >= 2
+    speeds = [history["tokens_per_second"][i] for i in kept]
+    assert speeds == [before["tokens_per_second"][i] for i in kept]
 
 
 @pytest.mark.slow
