@@ -209,24 +209,26 @@ class _Services(
         return result
 
     def Classify(self, request, context):
-        def answer(request, labels):
-            inputs_of = self._example_inputs(request.input)
-            version, signature, outputs = self._run(request.model_spec, labels, inputs_of)
-            spec = _spec(request.model_spec, version.number, signature)
-            result = self._classification(outputs)
-            return classification_pb2.ClassificationResponse(model_spec=spec, result=result)
-
-        return self._serve("classify", answer, request, context)
+        return self._serve_examples(
+            "classify", self._classification, classification_pb2.ClassificationResponse,
+            request, context,
+        )  # fmt: skip
 
     def Regress(self, request, context):
+        return self._serve_examples(
+            "regress", self._regression, regression_pb2.RegressionResponse, request, context
+        )
+
+    def _serve_examples(self, api: str, make_result, response_class, request, context):
+        """Classify / Regress: the signature run on the request's `tf.Example`s."""
+
         def answer(request, labels):
             inputs_of = self._example_inputs(request.input)
             version, signature, outputs = self._run(request.model_spec, labels, inputs_of)
             spec = _spec(request.model_spec, version.number, signature)
-            result = self._regression(outputs)
-            return regression_pb2.RegressionResponse(model_spec=spec, result=result)
+            return response_class(model_spec=spec, result=make_result(outputs))
 
-        return self._serve("regress", answer, request, context)
+        return self._serve(api, answer, request, context)
 
     def MultiInference(self, request, context):
         def answer(request, labels):
