@@ -287,6 +287,8 @@ def test_errors():
             generate(model, empty, 3)
     with pytest.raises(ValueError, match="at least one token"):
         generate(model, [[1], []], 3)
+    with pytest.raises(ValueError, match=r"shapes \(2, 3\) and \(2, 2\)"):
+        generate(model, {"token_ids": np.ones((2, 3), "int32"), "padding_mask": np.ones((2, 2))}, 3)
     for bad in ("nucleus", {"name": "top_q"}, 3):
         with pytest.raises(ValueError, match="sampler"):
             generate(model, [[1]], 3, sampler=bad)

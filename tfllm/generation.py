@@ -370,9 +370,16 @@ def _prompts_to_ragged(prompts, tokenizer):
     if isinstance(prompts, dict):
         if "token_ids" not in prompts:
             raise ValueError(f"A `prompts` dict needs 'token_ids'. Received: {list(prompts)}")
-        ids = tf.convert_to_tensor(prompts["token_ids"])
-        mask = tf.cast(prompts.get("padding_mask", tf.ones_like(ids)), tf.bool)
-        return "dict", tf.ragged.boolean_mask(ids, mask)
+        # In numpy: `tf.ragged.boolean_mask` runs dozens of eager ops, which take longer
+        # than a small model's whole decoding loop.
+        ids = np.asarray(prompts["token_ids"])
+        mask = np.asarray(prompts.get("padding_mask", np.ones_like(ids))).astype(bool)
+        if ids.ndim != 2 or mask.shape != ids.shape:
+            raise ValueError(
+                "`prompts['token_ids']` and `['padding_mask']` must be (B, L) arrays of one "
+                f"shape. Received: shapes {ids.shape} and {mask.shape}"
+            )
+        return "dict", tf.RaggedTensor.from_row_lengths(ids[mask], mask.sum(axis=1))
     if isinstance(prompts, tf.RaggedTensor):
         return "ragged", prompts
     if isinstance(prompts, (list, tuple)) and all(
