@@ -117,3 +117,18 @@ def test_decode_bytes_per_step_counts_weights_and_grouped_kv_cache(dtype, size):
     layers, kv_heads, head_size, batch, length = 2, 2, 16, 3, 40
     cache = 2 * layers * batch * kv_heads * length * head_size * size  # keys and values
     assert bench.decode_bytes_per_step(gpt, batch, length) == gpt.count_params() * size + cache
+
+
+def test_decode_profile_counts_the_loop_body_ops_per_step():
+    import tensorflow as tf
+
+    from tools.benchmarks.decode_profile import op_type_times
+
+    @tf.function
+    def loop(x):  # per step: one MatMul, one AddV2 (i + 1)
+        return tf.while_loop(lambda i, x: i < 5, lambda i, x: (i + 1, tf.matmul(x, x)), (0, x))[1]
+
+    x = tf.eye(4)
+    loop(x)
+    profile = op_type_times(lambda: loop(x).numpy(), steps=5)
+    assert profile["MatMul"][1] == 1 and profile["MatMul"][0] > 0

@@ -141,6 +141,30 @@ def memory_bandwidth(megabytes=512, repeats=5):
     return 2 * source.nbytes / min(times[1:])
 
 
+def read_bandwidth(megabytes=512, repeats=5):
+    """The machine's read-only memory bandwidth in bytes/s: a large float32 array read.
+
+    What a decoding step does with its weights (reads, no writes), unlike the copy of
+    `memory_bandwidth`, whose figure counts the written bytes too. One slice per CPU core
+    on as many threads, each a dot product of its slice with itself (BLAS releases the
+    GIL); bytes read over the best of `repeats` times.
+
+    Example:
+    >>> read_bandwidth(megabytes=8) > 0
+    True
+    """
+    source = np.ones(megabytes * 2**20 // 4, np.float32)
+    parts = np.array_split(np.arange(source.size), os.cpu_count() or 1)
+    slices = [source[part[0] : part[-1] + 1] for part in parts if part.size]
+    with concurrent.futures.ThreadPoolExecutor(len(slices)) as pool:
+        times = []
+        for _ in range(repeats + 1):  # the first one warms the threads up
+            start = time.perf_counter()
+            list(pool.map(lambda part: np.dot(part, part), slices))
+            times.append(time.perf_counter() - start)
+    return source.nbytes / min(times[1:])
+
+
 def decode_bytes_per_step(backbone, batch_size, cache_length):
     """Bytes that one decoding step of a `GPTBackbone` must read from memory.
 
