@@ -126,6 +126,23 @@ def test_train_sentencepiece(plays, held_out, tmp_path):
     assert ids(from_texts, held_out) == ids(tokenizer, held_out)
 
 
+@pytest.mark.parametrize("as_files", [False, True], ids=["texts", "files"])
+def test_wordpiece_training_is_deterministic(tmp_path, as_files):
+    """Equally frequent pairs: "ab" ... "az" twice each, room for one merge. Hugging Face's
+    trainer breaks the tie by the ids it gives "##b" ... "##z", in hash-map order."""
+    texts = [f"a{c} a{c}" for c in "bcdefghijklmnopqrstuvwxyz"]
+    (tmp_path / "words.txt").write_text("\n".join(texts) + "\n")
+    source = tmp_path / "words.txt" if as_files else texts
+    size = 5 + 26 + 25 + 1  # special tokens, alphabet, "##b" ... "##z", one merge
+    files = []
+    for run in range(3):
+        train_wordpiece(source, size, output_dir=tmp_path / str(run))
+        files.append((tmp_path / str(run) / "vocab.txt").read_text("utf-8"))
+    assert files[0] == files[1] == files[2]
+    merged = [t for t in files[0].split("\n") if len(t) == 2 and not t.startswith("#")]
+    assert merged == ["ab"]  # the tie goes to the smallest piece
+
+
 @pytest.mark.parametrize("train", [train_wordpiece, train_bpe, train_sentencepiece])
 def test_training_rejects_bad_sizes_and_sources(train, tmp_path):
     with pytest.raises(ValueError, match="`vocabulary_size` must be positive. Received: 0"):
