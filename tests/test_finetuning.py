@@ -379,7 +379,7 @@ def test_two_worker_finetuning_equals_one_device(files):
     assert max(diffs) < 1e-5
     checkpoints = files / "runs" / "two" / "checkpoints"
     assert (checkpoints / "best.weights.h5").is_file()
-    assert not list(checkpoints.glob(".worker-1*/*.index"))
+    assert not list(checkpoints.glob(".worker-*"))  # the other worker's files are gone
 
 
 def test_lora_finetuning_keeps_the_backbone_outside_the_adapters(files, tmp_path):

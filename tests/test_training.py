@@ -357,6 +357,26 @@ def test_an_input_that_cannot_be_checkpointed_is_skipped_to_on_resume(tmp_path, 
     assert _max_diff(weights["whole"], weights["resumed"]) == 0.0
 
 
+def test_a_non_chief_worker_leaves_no_best_weights_behind(tmp_path):
+    """Each worker keeps its own copy of the best weights while training (multi-worker
+    variables are written by all); a non-chief's copy is gone once restored."""
+    strategy = tf.distribute.get_strategy()
+    model = train_tiny.build(strategy, total_steps=4)
+    trainer = Trainer(model, strategy, tmp_path, steps=4, log_every=2, monitor="val_loss",
+                      mode="min", verbose=False)  # fmt: skip
+    trainer.is_chief, trainer.worker = False, 1  # as worker 1 of a cluster
+    history = trainer.fit(train_tiny.dataset_fn, train_tiny.dataset_fn, validation_steps=1)
+    best = trainer.best_path
+    assert best.name == ".worker-1-best.weights.h5" and best.is_file()
+    want = train_tiny.build(strategy, total_steps=4)
+    want.optimizer.build(want.trainable_variables)  # the file holds the optimizer's too
+    want.load_weights(best)
+    trainer.restore_best()
+    assert _max_diff(model.get_weights(), want.get_weights()) == 0.0
+    assert trainer.best[1] == history["step"][int(np.argmin(history["val_loss"]))]
+    assert not list((tmp_path / "checkpoints").glob(".worker-*"))
+
+
 def test_a_checkpoint_without_dropout_state_still_resumes(tmp_path):
     """Checkpoints written before dropout's random state was saved resume without it."""
     strategy = tf.distribute.get_strategy()
