@@ -139,7 +139,7 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(
             lines = "".join(json.dumps({"text": d}) + "\n" for d in documents)
             path.with_suffix(".jsonl").write_text(lines)
         corpus = corpus.replace(".txt", ".jsonl")
-    # One vocabulary for both runs: training one is not deterministic (ties in the counts).
+    # One vocabulary, given, for both runs.
     (tmp_path / "vocab").mkdir()
     words = sorted({w for line in LINES for w in line.split()})
     (tmp_path / "vocab" / "vocab.txt").write_text("\n".join(SPECIALS + words) + "\n")

