@@ -43,9 +43,8 @@ def nsp_pairs(
     sentences fed by a second, faster pass over `documents`; of `NUM_CANDIDATES` drawn,
     those equal to `a` or `b` are left out, and the first from another document is used
     (the same document only when none is). When all are left out, `b` is kept and
-    labelled 0. Coins and buffer are
-    reshuffled every epoch (dynamic pairs), reproducibly with `seed`. `documents` is read
-    `1 + NUM_CANDIDATES` times over per pass.
+    labelled 0. Coins and buffer are reshuffled every epoch (dynamic pairs), reproducibly
+    with `seed`. `documents` is read `1 + NUM_CANDIDATES` times over per pass.
 
     Args:
         documents: dataset of documents, each a 1-D string tensor of its sentences; or of
