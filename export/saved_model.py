@@ -361,6 +361,7 @@ def check_export(path, requests: dict, expected: dict) -> None:
         for key, value in expected[name].items():
             arrays[f"{name}.out.{key}"] = value.astype(bytes) if value.dtype == object else value
     spec = {name: [list(requests[name]), list(expected[name])] for name in requests}
+    path = Path(path).resolve()  # the checks run in a scratch folder
     with tempfile.TemporaryDirectory() as scratch:
         np.savez(Path(scratch) / "check.npz", **arrays)
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")

@@ -1,5 +1,6 @@
 """Session setup shared by all tests: Keras backend, two logical CPUs, asset cache, seeds."""
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -39,3 +40,40 @@ def _seed_and_reset_dtype_policy():
     keras.utils.set_random_seed(0)
     yield
     keras.config.set_dtype_policy("float32")
+
+
+@pytest.fixture(scope="module")
+def toy_base(tmp_path_factory):
+    """A TF Serving base path with versions 1 and 2 of `tests.toy_model` (scales 1, 2)."""
+    from tests.toy_model import write_toy_model
+
+    base = tmp_path_factory.mktemp("models") / "toy"
+    base.mkdir()
+    write_toy_model(str(base), 1, 1.0)
+    write_toy_model(str(base), 2, 2.0)
+    return base
+
+
+class Killed(Exception):
+    """A run stopped by `killed_after_checkpoint`."""
+
+
+@pytest.fixture
+def killed_after_checkpoint(monkeypatch):
+    """`with killed_after_checkpoint(): run(...)`: the run dies right after writing its
+    first checkpoint, as a process killed there would (and the block ends quietly)."""
+    from tfllm.trainer import Trainer
+
+    save = Trainer._save
+
+    def save_then_die(self, *args):
+        save(self, *args)
+        raise Killed
+
+    @contextlib.contextmanager
+    def dying():
+        with monkeypatch.context() as patch, pytest.raises(Killed):
+            patch.setattr(Trainer, "_save", save_then_die)
+            yield
+
+    return dying

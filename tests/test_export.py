@@ -6,6 +6,7 @@ references are numpy on the in-process Keras model's outputs, `tfllm.generation.
 and a Python BIO decoder.
 """
 
+import contextlib
 import functools
 import subprocess
 import sys
@@ -72,7 +73,7 @@ def bert():
 
 @pytest.fixture(scope="module")
 def classifier_export(tmp_path_factory, tokenizer, bert):
-    """A classification run folder exported with validation on."""
+    """A classification run folder exported with validation on, to a relative base path."""
     run = tmp_path_factory.mktemp("runs") / "sentiment"
     config = RunConfig(
         task="classification", model="bert_tiny", train_files=("train.jsonl",),
@@ -83,7 +84,9 @@ def classifier_export(tmp_path_factory, tokenizer, bert):
     model = TextClassifier(bert, len(LABELS), dropout=0.0)
     model.save(run / "model.keras")
     base = tmp_path_factory.mktemp("exports")
-    return model, export_saved_model(run, base), base
+    with contextlib.chdir(base.parent):
+        path = export_saved_model(run, base.name)
+    return model, base.parent / path, base
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,6 @@ from tfllm.finetuning import (
 from tfllm.models import BertBackbone, GPTBackbone, MaskedLM, TextClassifier, TokenClassifier
 from tfllm.preprocessing import BertPreprocessor, TokenClassificationPreprocessor
 from tfllm.tokenizers import WordPieceTokenizer, save_tokenizer
-from tfllm.trainer import Trainer
 from tfllm.training import LayerwiseAdamW, make_optimizer, make_strategy
 from tools import train
 
@@ -305,25 +304,15 @@ def test_early_stopping_stops_after_patience(files):
     assert summary["steps"] == 40 and summary["best_step"] == 20  # no improvement after 20
 
 
-class Killed(Exception):
-    pass
-
-
-def test_a_killed_finetune_resumes_to_the_same_weights_history_and_best(files, monkeypatch):
+def test_a_killed_finetune_resumes_to_the_same_weights_history_and_best(
+    files, killed_after_checkpoint
+):
     """Same step, data position, history and best score as a run that was never stopped."""
     changes = dict(steps=8, log_every=2, checkpoint_every=4, warmup_steps=2,
                    max_train_examples=96)  # fmt: skip
     whole = finetune(finetune_config(files, name="whole", **changes), verbose=False)
-    save = Trainer._save
-
-    def save_then_die(self, *args):
-        save(self, *args)
-        raise Killed
-
-    monkeypatch.setattr(Trainer, "_save", save_then_die)
-    with pytest.raises(Killed):
+    with killed_after_checkpoint():
         finetune(finetune_config(files, name="killed", **changes), verbose=False)
-    monkeypatch.undo()
     run = files / "runs" / "killed"
     assert (run / "checkpoints" / "input-0" / "ckpt-4.index").is_file()
     assert not (run / "model.keras").exists()
@@ -379,7 +368,7 @@ def test_two_worker_finetuning_equals_one_device(files):
     assert max(diffs) < 1e-5
     checkpoints = files / "runs" / "two" / "checkpoints"
     assert (checkpoints / "best.weights.h5").is_file()
-    assert not list(checkpoints.glob(".worker-1*/*.index"))
+    assert not list(checkpoints.glob(".worker-*"))  # the other worker's files are gone
 
 
 def test_lora_finetuning_keeps_the_backbone_outside_the_adapters(files, tmp_path):

@@ -1,6 +1,6 @@
 """The gRPC API of the local TF Serving, driven by `tensorflow-serving-api`'s own stubs.
 
-The toy model of `test_serve.py` (numpy answers) checks every RPC, its errors (TF
+The toy model of `tests/toy_model.py` (numpy answers) checks every RPC, its errors (TF
 Serving's codes and messages) and reloading; `test_every_signature_of_every_export`
 serves real tfllm exports and compares gRPC and REST answers with in-process calls.
 """
@@ -25,16 +25,8 @@ from tensorflow_serving.apis import (
 
 from export.load_test import compare_outputs
 from export.serve import ModelConfig, ModelServer
-from tests.test_serve import LABELS, SENTENCES, expected_probabilities, http, write_toy_model
-
-
-@pytest.fixture(scope="module")
-def toy_base(tmp_path_factory):
-    base = tmp_path_factory.mktemp("models") / "toy"
-    base.mkdir()
-    write_toy_model(str(base), 1, 1.0)
-    write_toy_model(str(base), 2, 2.0)
-    return base
+from tests.test_serve import http
+from tests.toy_model import LABELS, SENTENCES, expected_probabilities
 
 
 @pytest.fixture(scope="module")

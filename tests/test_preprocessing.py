@@ -231,6 +231,19 @@ def test_nsp_pairs(layout):
     assert second != labels.tolist()  # new pairs every epoch
 
 
+def test_nsp_random_next_is_never_a_or_the_true_next():
+    """One document: the random sentence comes from it, but is neither `a` nor the true
+    `b`, nor a copy of them; with none such among the candidates, `b` is kept (label 0)."""
+    documents = [["s0", "s1", "s2", "s1"]]
+    pairs = nsp_pairs(tf.data.Dataset.from_tensor_slices(documents), seed=0, buffer_size=4)
+    seen = set()
+    for _ in range(30):  # new coins and candidates every epoch
+        seen |= {(a.decode(), b.decode(), int(y)) for (a, b), y in pairs.as_numpy_iterator()}
+    kept = {("s0", "s1", 0), ("s1", "s2", 0), ("s2", "s1", 0)}
+    random = {("s0", "s2", 1), ("s1", "s0", 1), ("s2", "s0", 1)}
+    assert seen == kept | random
+
+
 def test_nsp_pairs_feed_masked_lm(tokenizer):
     documents = [["the cat sat", "on the mat"], ["a dog ran", "big red storm", "here"]]
     dataset = nsp_pairs(

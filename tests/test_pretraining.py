@@ -10,7 +10,6 @@ import pytest
 from tfllm import benchmarking
 from tfllm.config import RunConfig
 from tfllm.pretraining import pretrain
-from tfllm.trainer import Trainer
 from tools import train
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -126,17 +125,13 @@ def test_a_resume_with_other_data_settings_fails_naming_them(tmp_path, corpus):
     assert pretrain(config.replace(**resumable), verbose=False)["step"] == 3
 
 
-class Killed(Exception):
-    pass
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "task, model, data_format",
     [("causal_lm", "gpt_tiny", "text"), ("bert_pretraining", "bert_tiny", "jsonl")],
 )
 def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(
-    tmp_path, corpus, monkeypatch, task, model, data_format
+    tmp_path, corpus, killed_after_checkpoint, task, model, data_format
 ):
     if data_format == "jsonl":
         for path in Path(corpus).parent.glob("doc*.txt"):
@@ -144,7 +139,7 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(
             lines = "".join(json.dumps({"text": d}) + "\n" for d in documents)
             path.with_suffix(".jsonl").write_text(lines)
         corpus = corpus.replace(".txt", ".jsonl")
-    # One vocabulary for both runs: training one is not deterministic (ties in the counts).
+    # One vocabulary, given, for both runs.
     (tmp_path / "vocab").mkdir()
     words = sorted({w for line in LINES for w in line.split()})
     (tmp_path / "vocab" / "vocab.txt").write_text("\n".join(SPECIALS + words) + "\n")
@@ -152,16 +147,8 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(
                      steps=6, log_every=3, checkpoint_every=3, shuffle_buffer=4,
                      tokenizer_path=str(tmp_path / "vocab"), name="whole")  # fmt: skip
     pretrain(config, verbose=False)
-    save = Trainer._save
-
-    def save_then_die(self, *args):
-        save(self, *args)
-        raise Killed
-
-    monkeypatch.setattr(Trainer, "_save", save_then_die)
-    with pytest.raises(Killed):
+    with killed_after_checkpoint():
         pretrain(config.replace(name="killed"), verbose=False)
-    monkeypatch.undo()
     assert (tmp_path / "killed" / "checkpoints" / "input-0" / "ckpt-3.index").is_file()
     pretrain(config.replace(name="killed"), verbose=False)
     whole, resumed = (

@@ -20,71 +20,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_text as tf_text
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 from export import registry
 from export.saved_model import export_saved_model
 from export.serve import WARMUP_FILE, ModelConfig, ModelServer
+from tests.toy_model import LABELS, SENTENCES, expected_probabilities, write_toy_model
 from tfllm.models import BertBackbone, TextClassifier
 from tfllm.preprocessing import BertPreprocessor
 from tfllm.tokenizers import WordPieceTokenizer
-
-SENTENCES = ["a fine film", "one two three four five six", "héllo wörld ünïcode", ""]
-LABELS = ["short", "long"]
-
-
-def write_toy_model(base, version: int, scale: float) -> None:
-    """Writes version `version` of a toy model whose answers depend on `scale`."""
-    module = tf.Module()
-    module.scale = tf.Variable(scale)
-    tokenizer, names = tf_text.WhitespaceTokenizer(), tf.constant(LABELS)
-    text_spec = tf.TensorSpec([None], tf.string, name="text")
-
-    @tf.function(input_signature=[text_spec])
-    def classify(text):
-        words = tf.cast(tokenizer.tokenize(text).row_lengths(), tf.float32)
-        logits = tf.stack([module.scale * (3.0 - words), module.scale * (words - 3.0)], axis=1)
-        probabilities = tf.nn.softmax(logits)
-        ids = tf.argmax(probabilities, axis=1, output_type=tf.int32)
-        return {"label_ids": ids, "labels": tf.gather(names, ids), "probabilities": probabilities}
-
-    @tf.function(
-        input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x")] * 1
-        + [tf.TensorSpec([None], tf.int32, name="k")]
-    )
-    def scale_rows(x, k):
-        return {"y": x * tf.cast(k, tf.float32)[:, None] * module.scale}
-
-    @tf.function(input_signature=[text_spec])
-    def echo(text):
-        return {
-            "upper_bytes": tf.strings.upper(text),
-            "rows": tf.fill(tf.shape(text), tf.shape(text)[0]),
-        }
-
-    @tf.function(input_signature=[text_spec])
-    def count(text):
-        return {"words": tf.cast(tokenizer.tokenize(text).row_lengths(), tf.float32)}
-
-    signatures = {
-        "serving_default": classify,
-        "classify": classify,
-        "scale": scale_rows,
-        "echo": echo,
-        "count": count,
-    }
-    temporary = os.path.join(base, f".tmp-{version}")
-    tf.saved_model.save(module, temporary, signatures=signatures)
-    os.replace(temporary, os.path.join(base, str(version)))  # versions appear whole
-
-
-def expected_probabilities(texts, scale):
-    """Numpy answer of `classify`: a softmax over `scale * ±(words - 3)`."""
-    words = np.array([len(t.split()) for t in texts], np.float64)
-    logits = scale * np.stack([3.0 - words, words - 3.0], axis=1)
-    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return exp / exp.sum(axis=1, keepdims=True)
 
 
 def http(url, body=None, method=None):
@@ -96,15 +40,6 @@ def http(url, body=None, method=None):
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
-
-
-@pytest.fixture(scope="module")
-def toy_base(tmp_path_factory):
-    base = tmp_path_factory.mktemp("models") / "toy"
-    base.mkdir()
-    write_toy_model(str(base), 1, 1.0)
-    write_toy_model(str(base), 2, 2.0)
-    return base
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,8 @@ from export.load_test import grpc_caller, http_caller, run_load
 from export.monitoring import PATH
 from export.serve import ModelConfig, ModelServer
 from tests.test_grpc_serve import predict_request
-from tests.test_serve import LABELS, SENTENCES, expected_probabilities, http, write_toy_model
+from tests.test_serve import http
+from tests.toy_model import LABELS, SENTENCES, expected_probabilities, write_toy_model
 from tools import serve as serve_tool
 
 
@@ -40,15 +41,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def toy_base(tmp_path_factory):
-    base = tmp_path_factory.mktemp("models") / "toy"
-    base.mkdir()
-    write_toy_model(str(base), 1, 1.0)
-    write_toy_model(str(base), 2, 2.0)
-    return base
 
 
 def metric(text: str, name: str, **labels) -> float:

@@ -4,8 +4,9 @@ import json
 
 import pytest
 import sentencepiece
-from tokenizers import BertWordPieceTokenizer, ByteLevelBPETokenizer, pre_tokenizers
+from tokenizers import BertWordPieceTokenizer, ByteLevelBPETokenizer, normalizers, pre_tokenizers
 
+from tests.wordpiece_reference import count_words, learn_wordpiece
 from tfllm import assets
 from tfllm.tokenizers import (
     BytePairTokenizer,
@@ -15,6 +16,7 @@ from tfllm.tokenizers import (
     train_sentencepiece,
     train_wordpiece,
 )
+from tfllm.tokenizers.training import BERT_SPECIAL_TOKENS
 
 TRAIN_PLAYS = [
     "comedies/a-midsummer-night-s-dream.md",
@@ -124,6 +126,41 @@ def test_train_sentencepiece(plays, held_out, tmp_path):
     assert ids(tokenizer, held_out) == reference.encode(held_out)
     from_texts = train_sentencepiece(iter(lines_of(plays)), SIZE)
     assert ids(from_texts, held_out) == ids(tokenizer, held_out)
+
+
+@pytest.mark.parametrize("as_files", [False, True], ids=["texts", "files"])
+def test_wordpiece_training_is_deterministic(tmp_path, as_files):
+    """Equally frequent pairs: "ab" ... "az" twice each, room for one merge. Hugging Face's
+    trainer breaks the tie by the ids it gives "##b" ... "##z", in hash-map order."""
+    texts = [f"a{c} a{c}" for c in "bcdefghijklmnopqrstuvwxyz"]
+    (tmp_path / "words.txt").write_text("\n".join(texts) + "\n")
+    source = tmp_path / "words.txt" if as_files else texts
+    size = 5 + 26 + 25 + 1  # special tokens, alphabet, "##b" ... "##z", one merge
+    files = []
+    for run in range(3):
+        train_wordpiece(source, size, output_dir=tmp_path / str(run))
+        files.append((tmp_path / str(run) / "vocab.txt").read_text("utf-8"))
+    assert files[0] == files[1] == files[2]
+    merged = [t for t in files[0].split("\n") if len(t) == 2 and not t.startswith("#")]
+    assert merged == ["ab"]  # the tie goes to the smallest piece
+
+
+@pytest.mark.assets
+def test_wordpiece_training_equals_the_reference_learner(plays):
+    """On real text, learnt down to pairs seen twice (thousands of ties), the vocabulary is
+    the reference learner's in every run (Hugging Face's trainer alone changed ~30 pieces
+    of 4,000 from run to run)."""
+    # The reference on a known answer: "##i ##s" (4 times), then "t ##h" over "##h ##is"
+    # (3 times each; smaller ids).
+    pieces = learn_wordpiece({"this": 3, "is": 2, "his": 1}, 10, 2, ["[UNK]"])
+    assert pieces == ["[UNK]", "h", "i", "s", "t", "##h", "##i", "##s", "##is", "th"]
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    words = count_words(lines_of(plays), normalizer, pre_tokenizers.BertPreTokenizer())
+    want = learn_wordpiece(words, 4000, 2, BERT_SPECIAL_TOKENS)
+    specials = list(BERT_SPECIAL_TOKENS)
+    for _ in range(2):
+        got = train_wordpiece(plays, 4000).get_vocabulary()
+        assert got == specials + sorted(set(want) - set(specials))
 
 
 @pytest.mark.parametrize("train", [train_wordpiece, train_bpe, train_sentencepiece])

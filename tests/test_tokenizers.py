@@ -457,6 +457,20 @@ def test_rejects_2d_input_and_unknown_ids(pair):
         tokenizer.token_to_id("no such token \u2603\u2603")
 
 
+def test_detokenize_rejects_ids_outside_the_vocabulary(pair):
+    """A clear error naming the ids (tf-text's WordPiece crashed the process on them)."""
+    tokenizer, _ = pair
+    size = tokenizer.vocabulary_size()
+    serve = tf.function(tokenizer.detokenize, input_signature=[tf.TensorSpec([None], tf.int32)])
+    for detokenize in (tokenizer.detokenize, serve):
+        for bad in (size, -1):
+            with pytest.raises(tf.errors.InvalidArgumentError, match=rf"\[0, {size}\).*\[{bad}\]"):
+                detokenize(tf.constant([1, bad, 2]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"\[{size + 5}\]"):
+        tokenizer.detokenize(tf.ragged.constant([[1], [2, size + 5]]))
+    assert tokenizer.detokenize([[size - 1], [0]]).shape == (2,)
+
+
 def test_survives_reseeding_and_clear_session(pair):
     # Both clear TensorFlow's eager kernel cache, which owned tf-text's SentencePiece model.
     tokenizer, reference = pair

@@ -213,6 +213,23 @@ def test_mirrored_equals_single_device_with_sgd(tmp_path, mirrored_strategy):
     assert _max_diff(*results) < 1e-5
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "lamb"])
+def test_mirrored_clipping_equals_single_device(tmp_path, mirrored_strategy, optimizer):
+    """Global-norm clipping clips the global batch's gradient (summed over the replicas),
+    as one device does, not each replica's own: a clip far below the gradient norm (about 1
+    at initialisation) bites on every step."""
+    results = []
+    for name, strategy in (("one", tf.distribute.get_strategy()), ("two", mirrored_strategy)):
+        model = train_tiny.build(
+            strategy, total_steps=2, learning_rate=1e-2, optimizer=optimizer, clipnorm=1e-3
+        )
+        Trainer(model, strategy, tmp_path / name, steps=2, verbose=False).fit(
+            train_tiny.dataset_fn(tf.distribute.InputContext()).rebatch(train_tiny.GLOBAL_BATCH)
+        )
+        results.append(model.get_weights())
+    assert _max_diff(*results) < 1e-5
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_at_same_step_and_data(tmp_path):
     steps = 300
@@ -338,6 +355,26 @@ def test_an_input_that_cannot_be_checkpointed_is_skipped_to_on_resume(tmp_path, 
     assert not (tmp_path / "resumed" / "checkpoints" / "input-0").exists()
     assert int(reads.numpy()) == 8  # read again from the start
     assert _max_diff(weights["whole"], weights["resumed"]) == 0.0
+
+
+def test_a_non_chief_worker_leaves_no_best_weights_behind(tmp_path):
+    """Each worker keeps its own copy of the best weights while training (multi-worker
+    variables are written by all); a non-chief's copy is gone once restored."""
+    strategy = tf.distribute.get_strategy()
+    model = train_tiny.build(strategy, total_steps=4)
+    trainer = Trainer(model, strategy, tmp_path, steps=4, log_every=2, monitor="val_loss",
+                      mode="min", verbose=False)  # fmt: skip
+    trainer.is_chief, trainer.worker = False, 1  # as worker 1 of a cluster
+    history = trainer.fit(train_tiny.dataset_fn, train_tiny.dataset_fn, validation_steps=1)
+    best = trainer.best_path
+    assert best.name == ".worker-1-best.weights.h5" and best.is_file()
+    want = train_tiny.build(strategy, total_steps=4)
+    want.optimizer.build(want.trainable_variables)  # the file holds the optimizer's too
+    want.load_weights(best)
+    trainer.restore_best()
+    assert _max_diff(model.get_weights(), want.get_weights()) == 0.0
+    assert trainer.best[1] == history["step"][int(np.argmin(history["val_loss"]))]
+    assert not list((tmp_path / "checkpoints").glob(".worker-*"))
 
 
 def test_a_checkpoint_without_dropout_state_still_resumes(tmp_path):

@@ -31,8 +31,11 @@ def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
     )
 
 
-def build(strategy, total_steps: int, dropout: float = 0.0) -> keras.Model:
-    config = RunConfig(steps=total_steps, learning_rate=1e-3, warmup_steps=2)
+def build(strategy, total_steps: int, dropout: float = 0.0, **changes) -> keras.Model:
+    """The tiny causal LM, compiled with `make_optimizer` (`changes` go to its `RunConfig`)."""
+    config = RunConfig(
+        **{"steps": total_steps, "learning_rate": 1e-3, "warmup_steps": 2, **changes}
+    )
     keras.utils.set_random_seed(0)
     with strategy.scope():
         model = CausalLM(GPTBackbone.from_preset("gpt_tiny", dropout=dropout))

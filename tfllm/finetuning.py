@@ -287,7 +287,7 @@ def _finetune(config: RunConfig, data: labelled.LabelledData, verbose: bool) -> 
         validation_data=validation,
         validation_steps=None,
     )
-    model.load_weights(trainer.best_path)
+    trainer.restore_best()
     summary = {
         "run_dir": str(run_dir),
         "steps": history["step"][-1],

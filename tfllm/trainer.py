@@ -128,6 +128,13 @@ class Trainer:
             return self.run_dir / "checkpoints" / "best.weights.h5"
         return self.run_dir / "checkpoints" / f".worker-{self.worker}-best.weights.h5"
 
+    def restore_best(self) -> None:
+        """Loads the best evaluation's weights (with a `monitor`) into the model; a
+        non-chief worker then deletes its copy, which served only this."""
+        self.model.load_weights(self.best_path)
+        if not self.is_chief:
+            self.best_path.unlink()
+
     @property
     def best(self) -> tuple[float, int] | None:
         """`(value, step)` of the best evaluation of `monitor` so far, or `None`."""

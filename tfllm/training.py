@@ -110,14 +110,38 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         )
 
 
+class ClipReducedGradients:
+    """Optimizer mixin: under a tf.distribute strategy, sums the gradients over the replicas
+    *before* clipping them, so `global_clipnorm` (or `clipnorm`, `clipvalue`) clips the
+    gradient of the global batch, as on one device.
+
+    Keras 3 clips each replica's own gradient and sums them afterwards, in
+    `_backend_update_step`: with a clip that bites, two replicas then step differently
+    from one device on the same global batch. With gradient accumulation the sum is taken
+    at the update step, over the accumulated gradients, as in Keras (whose accumulation
+    works only under strategies that all-reduce without `merge_call`, e.g. collective ops).
+    """
+
+    def _clip_gradients(self, grads):
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        return super()._clip_gradients(grads)
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        """Already summed in `_clip_gradients`, which Keras calls just before this."""
+        return grads_and_vars
+
+
 @keras.saving.register_keras_serializable(package="tfllm")
-class AdamW(keras.optimizers.AdamW):
+class AdamW(ClipReducedGradients, keras.optimizers.AdamW):
     """`keras.optimizers.AdamW` (same arguments, slots and updates) on TensorFlow's fused
     Adam kernel.
 
     Keras writes the Adam update as about 15 small ops per variable; `ResourceApplyAdam`
     computes the same update (`lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)`)
-    in one. `amsgrad` uses Keras's update. Weight decay stays Keras's.
+    in one. `amsgrad` uses Keras's update. Weight decay stays Keras's. Clipping under a
+    strategy is `ClipReducedGradients`'s.
     """
 
     def update_step(self, gradient, variable, learning_rate):
@@ -196,7 +220,12 @@ class LayerwiseAdamW(LayerwiseLearningRates, AdamW):
 
 
 @keras.saving.register_keras_serializable(package="tfllm")
-class LayerwiseLamb(LayerwiseLearningRates, keras.optimizers.Lamb):
+class Lamb(ClipReducedGradients, keras.optimizers.Lamb):
+    """`keras.optimizers.Lamb`, clipping the gradient summed over the replicas."""
+
+
+@keras.saving.register_keras_serializable(package="tfllm")
+class LayerwiseLamb(LayerwiseLearningRates, Lamb):
     """`keras.optimizers.Lamb` with per-variable learning-rate multipliers."""
 
 
@@ -228,7 +257,7 @@ def make_optimizer(config, learning_rate_multipliers=None) -> keras.optimizers.O
         optimizer_class = {"adamw": LayerwiseAdamW, "lamb": LayerwiseLamb}
         kwargs["learning_rate_multipliers"] = learning_rate_multipliers
     else:
-        optimizer_class = {"adamw": AdamW, "lamb": keras.optimizers.Lamb}
+        optimizer_class = {"adamw": AdamW, "lamb": Lamb}
     optimizer = optimizer_class[config.optimizer](**kwargs)
     optimizer.exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY)
     return optimizer

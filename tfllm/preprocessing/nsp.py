@@ -6,7 +6,7 @@ NUM_CANDIDATES = 2  # random sentences offered per pair; the first from another 
 
 
 def _sentence_stream(documents: tf.data.Dataset) -> tf.data.Dataset:
-    """`(document index, sentence index, text)` int64, int64, string for every sentence."""
+    """`(document index, text)` int64, string for every sentence."""
     spec = documents.element_spec
     if isinstance(spec, tf.RaggedTensorSpec) and spec.shape.rank == 1:  # rows of a ragged
         documents = documents.map(lambda d: tf.convert_to_tensor(d))
@@ -20,21 +20,15 @@ def _sentence_stream(documents: tf.data.Dataset) -> tf.data.Dataset:
 
         def sentences(index, document):
             n = tf.size(document, out_type=tf.int64)
-            return tf.data.Dataset.from_tensor_slices((tf.fill([n], index), tf.range(n), document))
+            return tf.data.Dataset.from_tensor_slices((tf.fill([n], index), document))
 
         return documents.enumerate().flat_map(sentences)
 
-    def number(state, text):  # state: (document, next sentence index)
-        document, index = state
+    def number(document, text):  # state: the document's index
         ends = tf.equal(text, "")
-        new_state = (
-            tf.where(ends, document + 1, document),
-            tf.where(ends, tf.zeros_like(index), index + 1),
-        )
-        return new_state, (ends, document, index, text)
+        return tf.where(ends, document + 1, document), (ends, document, text)
 
-    zero = tf.constant(0, tf.int64)
-    numbered = documents.scan((zero, zero), number)
+    numbered = documents.scan(tf.constant(0, tf.int64), number)
     return numbered.filter(lambda ends, *_: ~ends).map(lambda _, *rest: rest)
 
 
@@ -47,10 +41,10 @@ def nsp_pairs(
     `b` is kept (`is_random_next = 0`) or replaced by a random sentence
     (`is_random_next = 1`). Random sentences come from a shuffle buffer of `buffer_size`
     sentences fed by a second, faster pass over `documents`; of `NUM_CANDIDATES` drawn,
-    the first from another document is used (the same document only when none is). A
-    random sentence that happens to be the true `b` is labelled 0. Coins and buffer are
-    reshuffled every epoch (dynamic pairs), reproducibly with `seed`. `documents` is read
-    `1 + NUM_CANDIDATES` times over per pass.
+    those equal to `a` or `b` are left out, and the first from another document is used
+    (the same document only when none is). When all are left out, `b` is kept and
+    labelled 0. Coins and buffer are reshuffled every epoch (dynamic pairs), reproducibly
+    with `seed`. `documents` is read `1 + NUM_CANDIDATES` times over per pass.
 
     Args:
         documents: dataset of documents, each a 1-D string tensor of its sentences; or of
@@ -81,25 +75,27 @@ def nsp_pairs(
     """
     sentences = _sentence_stream(documents)
 
-    def pair(previous, sentence):  # state: previous (document, index, text)
+    def pair(previous, sentence):  # state: previous (document, text)
         same = tf.equal(previous[0], sentence[0])
-        return sentence, (same, previous[0], sentence[1], previous[2], sentence[2])
+        return sentence, (same, previous[0], previous[1], sentence[1])
 
-    start = (tf.constant(-1, tf.int64), tf.constant(-1, tf.int64), tf.constant(""))
+    start = (tf.constant(-1, tf.int64), tf.constant(""))
     pairs = sentences.scan(start, pair).filter(lambda same, *_: same)
-    pairs = pairs.map(lambda _, *rest: rest)  # (document, index of b, a, b)
+    pairs = pairs.map(lambda _, *rest: rest)  # (document, a, b)
     candidate_seed, coin_seed = (None, None) if seed is None else (seed, seed + 1)
     candidates = sentences.repeat().shuffle(buffer_size, seed=candidate_seed)
     candidates = candidates.batch(NUM_CANDIDATES, drop_remainder=True)
     coins = tf.data.Dataset.random(seed=coin_seed, rerandomize_each_iteration=True)
 
     def choose(pair, candidates, coin):
-        document, b_index, a, b = pair
-        other_documents, other_indices, other_texts = candidates  # (NUM_CANDIDATES,) each
-        pick = tf.argmax(tf.cast(other_documents != document, tf.int32))  # first other doc
-        is_true_next = (other_documents[pick] == document) & (other_indices[pick] == b_index)
-        use_random = coin % 2 == 1
+        document, a, b = pair
+        other_documents, other_texts = candidates  # (NUM_CANDIDATES,) each
+        allowed = (other_texts != a) & (other_texts != b)
+        other_document = other_documents != document
+        # The first allowed candidate from another document, else the first allowed one.
+        pick = tf.argmax(tf.cast(allowed, tf.int32) * (1 + tf.cast(other_document, tf.int32)))
+        use_random = (coin % 2 == 1) & allowed[pick]
         text_b = tf.where(use_random, other_texts[pick], b)
-        return (a, text_b), tf.cast(use_random & ~is_true_next, tf.int32)
+        return (a, text_b), tf.cast(use_random, tf.int32)
 
     return tf.data.Dataset.zip(pairs, candidates, coins).map(choose)

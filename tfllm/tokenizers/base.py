@@ -108,14 +108,29 @@ class Tokenizer(keras.layers.Layer):
 
     @tf.autograph.experimental.do_not_convert
     def detokenize(self, ids) -> tf.Tensor:
-        """`(n,)` ids -> `()` string; `(B, n)` dense or ragged ids -> `(B,)` strings."""
+        """`(n,)` ids -> `()` string; `(B, n)` dense or ragged ids -> `(B,)` strings.
+
+        Ids outside `[0, vocabulary_size())` raise `tf.errors.InvalidArgumentError`
+        naming them (tf-text's WordPiece would crash the process on them).
+        """
         if not isinstance(ids, tf.RaggedTensor):
             ids = tf.convert_to_tensor(ids)
         if ids.shape.rank == 1:
-            return self._detokenize(tf.RaggedTensor.from_tensor(ids[None]))[0]
+            return self._detokenize(tf.RaggedTensor.from_tensor(self._checked(ids)[None]))[0]
         if not isinstance(ids, tf.RaggedTensor):
             ids = tf.RaggedTensor.from_tensor(ids)
-        return self._detokenize(ids)
+        return self._detokenize(ids.with_flat_values(self._checked(ids.flat_values)))
+
+    def _checked(self, ids: tf.Tensor) -> tf.Tensor:
+        """`ids`, once an in-graph check says all of them are in the vocabulary."""
+        size = len(self.vocabulary)
+        outside = tf.boolean_mask(ids, (ids < 0) | (ids >= size))
+        message = tf.strings.format(
+            "`ids` must be in [0, {}) (the vocabulary). Received: {}", (size, outside), summarize=10
+        )
+        check = tf.debugging.Assert(tf.size(outside) == 0, [message])
+        with tf.control_dependencies([check]):
+            return tf.identity(ids)
 
     def _tokenize(self, strings):
         raise NotImplementedError

@@ -69,7 +69,9 @@ def train_wordpiece(
     min_frequency: int = 2,
     output_dir=None,
 ) -> WordPieceTokenizer:
-    """Trains a BERT WordPiece vocabulary (`vocab.txt`).
+    """Trains a BERT WordPiece vocabulary (`vocab.txt`) with Hugging Face's trainer; the
+    same text always gives the same file. Texts given as an iterable are held in memory
+    (they are read twice).
 
     Example:
     >>> tokenizer = train_wordpiece(["some text", "more text"], vocabulary_size=200)
@@ -81,22 +83,37 @@ def train_wordpiece(
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
     _check_size(vocabulary_size)
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=True, strip_accents=strip_accents, lowercase=lowercase
-    )
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocabulary_size,
-        min_frequency=min_frequency,
-        special_tokens=list(special_tokens),
-        continuing_subword_prefix="##",
-        show_progress=sys.stderr.isatty(),  # its bars write blank lines into a log
-    )
-    vocab = _train_hf(tokenizer, source, trainer)["vocab"]
-    # The trainer's order of equally ranked pieces varies from run to run: sort them, so
-    # that the same text always gives the same ids (special tokens first, as given).
+    files, texts = _files_or_texts(source)
+    source = [Path(f) for f in files] if files is not None else list(texts)
+
+    def train(size, special_tokens):
+        tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tokenizer.normalizer = normalizers.BertNormalizer(
+            clean_text=True,
+            handle_chinese_chars=True,
+            strip_accents=strip_accents,
+            lowercase=lowercase,
+        )
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=size,
+            min_frequency=min_frequency,
+            special_tokens=special_tokens,
+            continuing_subword_prefix="##",
+            show_progress=sys.stderr.isatty(),  # its bars write blank lines into a log
+        )
+        return _train_hf(tokenizer, source, trainer)["vocab"]
+
+    # Hugging Face's trainer merges the most frequent pair first and breaks ties by the
+    # pieces' ids: the characters in sorted order, then the "##c" pieces in hash-map order,
+    # different from run to run. A first pass without merges finds the pieces; the real
+    # pass gets them all as special tokens, in sorted order, so ties always go one way.
     specials = list(special_tokens)
+    alphabet = [t for t in train(1, specials) if t not in specials]
+    starts = sorted(t for t in alphabet if not t.startswith("##"))
+    continuations = sorted(t for t in alphabet if t.startswith("##"))
+    vocab = train(vocabulary_size, specials + starts + continuations)
+    # Special tokens first, as given; then every other piece in sorted order.
     tokens = specials + sorted(t for t in vocab if t not in set(specials))
     if output_dir is not None:
         write_atomically(output_dir, {"vocab.txt": ("\n".join(tokens) + "\n").encode()})
