@@ -177,42 +177,35 @@ def packed_row(tokenizer, backbone):
     return CausalLM(backbone), preprocessor, pairs, (x, y, w)
 
 
-def test_packed_examples_do_not_attend_to_each_other(tokenizer):
-    # RoPE attention depends on relative positions only: each example of a packed row
-    # gives the logits it gives alone, at position 0.
+@pytest.mark.parametrize(
+    "preset, overrides",
+    [("gpt_tiny", {}), ("gpt_tiny", {"position_embedding": "sinusoidal"}), ("llama_tiny", {})],
+    ids=["learned", "sinusoidal", "rope"],
+)
+def test_a_packed_example_gives_the_logits_it_gives_alone(tokenizer, preset, overrides):
+    # Positions restart at 0 for every example of a packed row, and examples do not
+    # attend to each other: each one's logits are those of the example alone.
     backbone = GPTBackbone.from_preset(
-        "llama_tiny", vocabulary_size=len(VOCAB), packed_sequences=True
+        preset, vocabulary_size=len(VOCAB), packed_sequences=True, **overrides
     )
     lm, preprocessor, pairs, (x, y, w) = packed_row(tokenizer, backbone)
     packed = lm(x).numpy()[0]
     segments = x["segment_ids"][0].numpy()
+    # The same weights in a backbone without packing, one unpadded example at a time.
+    unpacked = GPTBackbone.from_config({**backbone.get_config(), "packed_sequences": False})
+    unpacked.set_weights(backbone.get_weights())
+    alone_lm = CausalLM(unpacked)
     alone_x, alone_y, alone_w = preprocessor(pairs)
-    alone_x = dict(alone_x, segment_ids=alone_x["padding_mask"])
-    alone = lm(alone_x).numpy()
     for example in range(3):
         length = int(np.sum(segments == example + 1))
-        np.testing.assert_allclose(
-            packed[segments == example + 1], alone[example, :length], atol=1e-5
-        )
+        ids = alone_x["token_ids"].numpy()[example : example + 1, :length]
+        alone = alone_lm({"token_ids": ids, "padding_mask": np.ones_like(ids)}).numpy()[0]
+        np.testing.assert_allclose(packed[segments == example + 1], alone, atol=1e-5, rtol=0)
     # Hence the same loss, weighted on the responses only, packed or not.
+    alone_x = dict(alone_x, segment_ids=alone_x["padding_mask"])
     loss = SparseCategoricalCrossentropy(reduction="mean_with_sample_weight")
-    np.testing.assert_allclose(
-        loss(y, lm(x), sample_weight=w), loss(alone_y, alone, sample_weight=alone_w), rtol=1e-5
-    )
-
-
-def test_packed_examples_ignore_the_others_with_learned_positions(tokenizer):
-    backbone = GPTBackbone.from_preset(
-        "gpt_tiny", vocabulary_size=len(VOCAB), packed_sequences=True
-    )
-    lm, _, _, (x, _, _) = packed_row(tokenizer, backbone)
-    x = {key: value.numpy() for key, value in x.items()}
-    segments = x["segment_ids"]
-    # The first example's tokens replaced by others: the later examples do not notice.
-    other = dict(x, token_ids=np.where(segments == 1, (x["token_ids"] + 3) % 15, x["token_ids"]))
-    later = segments[0] >= 2
-    np.testing.assert_allclose(lm(x).numpy()[0][later], lm(other).numpy()[0][later], atol=1e-6)
-    assert not np.allclose(lm(x).numpy()[0][~later], lm(other).numpy()[0][~later], atol=1e-3)
+    alone_loss = loss(alone_y, lm(alone_x), sample_weight=alone_w)
+    np.testing.assert_allclose(loss(y, lm(x), sample_weight=w), alone_loss, rtol=1e-5)
 
 
 # --- errors ----------------------------------------------------------------------------
