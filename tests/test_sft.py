@@ -16,8 +16,9 @@ from tests.test_presets import MERGES, byte_level_vocabulary, hf_gpt2_folder
 from tfllm.config import RunConfig
 from tfllm.losses import SparseCategoricalCrossentropy
 from tfllm.models import CausalLM, GPTBackbone
-from tfllm.models.preset_io import save_preset
+from tfllm.models.preset_io import PresetParts, save_preset
 from tfllm.preprocessing import CausalLMPreprocessor, ChatTemplate, pack_documents
+from tfllm.pretraining import build_model
 from tools import train
 
 # fmt: off
@@ -381,3 +382,32 @@ def test_python_api_fits_prompts_responses_and_conversations(tokenizer, tmp_path
     chats = {"roles": [["user", "assistant"]] * 4, "contents": [list(pair) for pair in PAIRS]}
     lm.fit(chats, epochs=1, batch_size=2, verbose=0)
     assert lm.generate("what is a", max_length=20).startswith("# # # user : what is a")
+
+
+def test_python_api_fit_loss_is_the_mean_over_response_tokens(tokenizer):
+    preprocessor = CausalLMPreprocessor(tokenizer, 12, chat_template=ChatTemplate())
+    backbone = GPTBackbone.from_preset("gpt_tiny", vocabulary_size=len(VOCAB), dropout=0.0)
+    lm = CausalLM(backbone, preprocessor=preprocessor)
+    lm.compile(optimizer=keras.optimizers.SGD(0.0))  # the loss of the starting weights
+    # Responses of 1 and 4 tokens (+ end token), prompts and padding of other lengths:
+    # dividing by all labels, by rows or by response tokens give different numbers.
+    data = {"prompts": ["a b", "d"], "responses": ["a", "b c d a"]}
+    history = lm.fit(data, batch_size=2, shuffle=False, verbose=0).history
+    x, y, w = preprocessor(data)
+    logits = lm(x).numpy().astype(np.float64)  # (B, T, V)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    token_loss = -np.take_along_axis(log_probs, y.numpy()[..., None], axis=-1)[..., 0]
+    w = w.numpy().astype(np.float64)
+    assert w.sum() == 2 + 5  # response tokens and their end tokens
+    expected = (w * token_loss).sum() / w.sum()
+    assert history["loss"][0] == pytest.approx(expected, rel=1e-5)
+    assert (w * token_loss).sum() / w.size < 0.7 * expected  # Keras's default reduction
+    # The `causal_lm_sft` run compiles its CausalLM with the same loss.
+    config = RunConfig(
+        task="causal_lm_sft", init_from="gpt", train_files=("train.jsonl",), packed=False
+    )
+    start = PresetParts("tfllm", backbone, tokenizer, None)
+    run_model = build_model(config, len(VOCAB), start=start)
+    run_loss = run_model.evaluate(dict(x), y, sample_weight=w, verbose=0, return_dict=True)
+    assert run_loss["loss"] == pytest.approx(expected, rel=1e-5)

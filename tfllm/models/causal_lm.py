@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from tfllm import generation
+from tfllm.losses import SparseCategoricalCrossentropy
 from tfllm.models.completion import complete
 from tfllm.models.gpt import GPTBackbone
 from tfllm.models.task import Task, check_backbone
@@ -46,6 +47,16 @@ class CausalLM(Task):
         )
         if not self.compiled:  # `compile(sampler=...)` sets it otherwise
             self.sampler = generation.get_sampler("greedy")
+
+    def default_loss(self):
+        """Token cross-entropy, the mean over weighted tokens: `sum(w * loss) / sum(w)`.
+
+        Keras's default divides by all `B * T` labels, padding and prompts included, so a
+        batch's loss would shrink with its prompts' share; here it is the mean over
+        response tokens (prompts and responses; that of the `causal_lm_sft` run) or over
+        real tokens (texts).
+        """
+        return SparseCategoricalCrossentropy(reduction="mean_with_sample_weight")
 
     def compile(self, *args, sampler="greedy", **kwargs):
         """`Task.compile`, plus the `sampler` of `generate` (a name, dict or `Sampler`)."""
