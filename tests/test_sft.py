@@ -18,6 +18,7 @@ from tfllm.losses import SparseCategoricalCrossentropy
 from tfllm.models import CausalLM, GPTBackbone
 from tfllm.models.preset_io import PresetParts, save_preset
 from tfllm.preprocessing import CausalLMPreprocessor, ChatTemplate, pack_documents
+from tfllm.preprocessing.chat import as_conversations
 from tfllm.pretraining import build_model
 from tools import train
 
@@ -411,3 +412,72 @@ def test_python_api_fit_loss_is_the_mean_over_response_tokens(tokenizer):
     run_model = build_model(config, len(VOCAB), start=start)
     run_loss = run_model.evaluate(dict(x), y, sample_weight=w, verbose=0, return_dict=True)
     assert run_loss["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+# --- generating from a chat ------------------------------------------------------------
+
+
+def chat_lm(tokenizer):
+    backbone = GPTBackbone.from_preset("gpt_tiny", vocabulary_size=len(VOCAB), dropout=0.0)
+    return CausalLM(backbone, CausalLMPreprocessor(tokenizer, 40, chat_template=ChatTemplate()))
+
+
+def test_generate_answers_a_conversation_rendered_as_by_hand(tokenizer):
+    keras.utils.set_random_seed(1)
+    lm = chat_lm(tokenizer)
+    conversation = CONVERSATION[:4]  # system, user, assistant, user: the reply comes next
+    options = dict(max_length=40, stop_token_ids=None)  # a reply to the last position
+    reply = lm.generate(conversation, **options)
+    # By hand: each message in the template's format, tokenized on its own, the end token
+    # after the assistant's, then the assistant prefix; generated from as token ids.
+    template = lm.preprocessor.chat_template
+    first = template.render(conversation[:3])
+    second = template.render(conversation[3:]) + template.parts("assistant")[0]
+    ids = [CLS, *tokenizer.tokenize(first).numpy(), SEP, *tokenizer.tokenize(second).numpy()]
+    assert ids == [CLS, D, *USER, A, *ASSISTANT, B, SEP, *USER, C, *ASSISTANT]
+    prompt = {"token_ids": [ids + [PAD] * (40 - len(ids))], "padding_mask": [[1] * len(ids)]}
+    prompt["padding_mask"][0] += [0] * (40 - len(ids))
+    new = lm.generate(prompt, strip_prompt=True, **options)
+    assert reply == lm.preprocessor.generate_postprocess(new)[0] and reply
+    # A batch of conversations; a one-message one is the string prompt of its user.
+    single = [{"role": "user", "content": "c"}]
+    replies = lm.generate([conversation, single], **options)
+    assert replies == [reply, lm.generate("c", strip_prompt=True, **options)]
+    # A conversation too long for `max_length` keeps its end: [CLS] + the last 11 tokens.
+    x = lm.preprocessor.generate_preprocess(as_conversations(conversation)[0], 12)
+    assert np.asarray(x["token_ids"][0]).tolist() == [CLS, *ids[-11:]]
+
+
+@pytest.mark.parametrize(
+    "inputs, error, message",
+    [
+        ([{"role": "user"}], ValueError, "`inputs` message 0 must be a dict with `role` and"),
+        ([{"role": "bot", "content": "a"}], ValueError, r"`role` must be one of .* 'bot'"),
+        (
+            [[{"role": "user", "content": "a"}], [{"content": "a"}]],
+            ValueError,
+            r"`inputs\[1\]` message 0 must be a dict",
+        ),
+        ([[]], ValueError, r"`inputs\[0\]` must be a non-empty list of messages"),
+        ([{"role": "user", "content": 3}], TypeError, "`content` must be a str. Received: 3"),
+        (
+            [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+            ValueError,
+            "ends with an assistant message",
+        ),
+        (
+            [{"role": "assistant", "content": " "}, {"role": "user", "content": "a"}],
+            ValueError,
+            "message 0: an assistant message is empty",
+        ),
+    ],
+)
+def test_generate_rejects_bad_messages(tokenizer, inputs, error, message):
+    with pytest.raises(error, match=message):
+        chat_lm(tokenizer).generate(inputs, max_length=16)
+
+
+def test_generate_from_a_chat_needs_a_preprocessor():
+    lm = CausalLM(GPTBackbone.from_preset("gpt_tiny", vocabulary_size=len(VOCAB)))
+    with pytest.raises(ValueError, match="chat `inputs` need a `preprocessor`"):
+        lm.generate([{"role": "user", "content": "a"}], max_length=8, stop_token_ids=None)
