@@ -100,8 +100,8 @@ def fine_tune(args, train: list, rank: int | None) -> tuple[CausalLM, dict]:
     seconds = time.perf_counter() - start
     step_ms = 1000 * statistics.median(np.diff(times.ends))  # the first (tracing) step left out
     trainable = sum(int(np.prod(w.shape)) for w in lm.trainable_weights)
-    losses = history.history["loss"]
-    return lm, {"trainable": trainable, "step_ms": step_ms, "seconds": seconds, "loss": losses[-1]}
+    loss = history.history["loss"][0]  # the mean over the one pass
+    return lm, {"trainable": trainable, "step_ms": step_ms, "seconds": seconds, "loss": loss}
 
 
 def run(args, command: str) -> None:
@@ -125,7 +125,7 @@ def run(args, command: str) -> None:
                      f"{scores['scored']:.3f}"])  # fmt: skip
         notes.append(f"{name}: first answers {scores['examples']}")
     table = markdown_table(
-        ["model", "trainable params", "ms/step", "fit s", "last loss", "generated: accuracy",
+        ["model", "trainable params", "ms/step", "fit s", "loss (pass mean)", "generated: accuracy",
          "generated: a label word", "label-word scoring: accuracy"], rows,
     )  # fmt: skip
     body = "\n".join([
