@@ -31,6 +31,7 @@ from tfllm.layers import heads as heads_module
 from tfllm.layers import normalization as normalization_module
 from tfllm.layers import transformer as transformer_module
 from tfllm.layers.activations import training_gelu
+from tfllm.layers.embedding import segment_positions
 from tfllm.layers.transformer import FeedForward
 
 B, T, D = 3, 8, 16  # batch, length, hidden_dim of the numeric tests
@@ -435,6 +436,26 @@ def test_position_layers_use_position_ids(layer_id, rng):
         want = helpers.rope(inputs, LEFT_PADDED_IDS, 100.0)
     assert tuple(got.shape) == want.shape
     np.testing.assert_allclose(got, want, **TOL)
+
+
+def _positions_by_loop(segment_ids):
+    """Reference: count up within a run of equal ids, restart at 0 where the id changes."""
+    positions = np.zeros_like(segment_ids)
+    for b, row in enumerate(segment_ids):
+        for t in range(1, len(row)):
+            positions[b, t] = positions[b, t - 1] + 1 if row[t] == row[t - 1] else 0
+    return positions
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_segment_positions_restart_at_every_document(graph, rng):
+    segment_ids = np.array([[1, 1, 1, 2, 2, 3, 0, 0], [0, 0, 1, 1, 1, 1, 1, 1], [1] * 8])
+    random_runs = np.cumsum(rng.random((4, 8)) < 0.4, axis=1)  # runs of random lengths
+    segment_ids = np.concatenate([segment_ids, random_runs]).astype("int32")
+    function = tf.function(segment_positions) if graph else segment_positions
+    got = helpers.numpy(function(segment_ids))
+    np.testing.assert_array_equal(got, _positions_by_loop(segment_ids))
+    assert got[0].tolist() == [0, 1, 2, 0, 1, 0, 0, 1]
 
 
 def _left_pad(x, pads):

@@ -16,8 +16,10 @@ from tests.test_presets import MERGES, byte_level_vocabulary, hf_gpt2_folder
 from tfllm.config import RunConfig
 from tfllm.losses import SparseCategoricalCrossentropy
 from tfllm.models import CausalLM, GPTBackbone
-from tfllm.models.preset_io import save_preset
+from tfllm.models.preset_io import PresetParts, save_preset
 from tfllm.preprocessing import CausalLMPreprocessor, ChatTemplate, pack_documents
+from tfllm.preprocessing.chat import as_conversations
+from tfllm.pretraining import build_model
 from tools import train
 
 # fmt: off
@@ -177,42 +179,35 @@ def packed_row(tokenizer, backbone):
     return CausalLM(backbone), preprocessor, pairs, (x, y, w)
 
 
-def test_packed_examples_do_not_attend_to_each_other(tokenizer):
-    # RoPE attention depends on relative positions only: each example of a packed row
-    # gives the logits it gives alone, at position 0.
+@pytest.mark.parametrize(
+    "preset, overrides",
+    [("gpt_tiny", {}), ("gpt_tiny", {"position_embedding": "sinusoidal"}), ("llama_tiny", {})],
+    ids=["learned", "sinusoidal", "rope"],
+)
+def test_a_packed_example_gives_the_logits_it_gives_alone(tokenizer, preset, overrides):
+    # Positions restart at 0 for every example of a packed row, and examples do not
+    # attend to each other: each one's logits are those of the example alone.
     backbone = GPTBackbone.from_preset(
-        "llama_tiny", vocabulary_size=len(VOCAB), packed_sequences=True
+        preset, vocabulary_size=len(VOCAB), packed_sequences=True, **overrides
     )
     lm, preprocessor, pairs, (x, y, w) = packed_row(tokenizer, backbone)
     packed = lm(x).numpy()[0]
     segments = x["segment_ids"][0].numpy()
+    # The same weights in a backbone without packing, one unpadded example at a time.
+    unpacked = GPTBackbone.from_config({**backbone.get_config(), "packed_sequences": False})
+    unpacked.set_weights(backbone.get_weights())
+    alone_lm = CausalLM(unpacked)
     alone_x, alone_y, alone_w = preprocessor(pairs)
-    alone_x = dict(alone_x, segment_ids=alone_x["padding_mask"])
-    alone = lm(alone_x).numpy()
     for example in range(3):
         length = int(np.sum(segments == example + 1))
-        np.testing.assert_allclose(
-            packed[segments == example + 1], alone[example, :length], atol=1e-5
-        )
+        ids = alone_x["token_ids"].numpy()[example : example + 1, :length]
+        alone = alone_lm({"token_ids": ids, "padding_mask": np.ones_like(ids)}).numpy()[0]
+        np.testing.assert_allclose(packed[segments == example + 1], alone, atol=1e-5, rtol=0)
     # Hence the same loss, weighted on the responses only, packed or not.
+    alone_x = dict(alone_x, segment_ids=alone_x["padding_mask"])
     loss = SparseCategoricalCrossentropy(reduction="mean_with_sample_weight")
-    np.testing.assert_allclose(
-        loss(y, lm(x), sample_weight=w), loss(alone_y, alone, sample_weight=alone_w), rtol=1e-5
-    )
-
-
-def test_packed_examples_ignore_the_others_with_learned_positions(tokenizer):
-    backbone = GPTBackbone.from_preset(
-        "gpt_tiny", vocabulary_size=len(VOCAB), packed_sequences=True
-    )
-    lm, _, _, (x, _, _) = packed_row(tokenizer, backbone)
-    x = {key: value.numpy() for key, value in x.items()}
-    segments = x["segment_ids"]
-    # The first example's tokens replaced by others: the later examples do not notice.
-    other = dict(x, token_ids=np.where(segments == 1, (x["token_ids"] + 3) % 15, x["token_ids"]))
-    later = segments[0] >= 2
-    np.testing.assert_allclose(lm(x).numpy()[0][later], lm(other).numpy()[0][later], atol=1e-6)
-    assert not np.allclose(lm(x).numpy()[0][~later], lm(other).numpy()[0][~later], atol=1e-3)
+    alone_loss = loss(alone_y, lm(alone_x), sample_weight=alone_w)
+    np.testing.assert_allclose(loss(y, lm(x), sample_weight=w), alone_loss, rtol=1e-5)
 
 
 # --- errors ----------------------------------------------------------------------------
@@ -388,3 +383,101 @@ def test_python_api_fits_prompts_responses_and_conversations(tokenizer, tmp_path
     chats = {"roles": [["user", "assistant"]] * 4, "contents": [list(pair) for pair in PAIRS]}
     lm.fit(chats, epochs=1, batch_size=2, verbose=0)
     assert lm.generate("what is a", max_length=20).startswith("# # # user : what is a")
+
+
+def test_python_api_fit_loss_is_the_mean_over_response_tokens(tokenizer):
+    preprocessor = CausalLMPreprocessor(tokenizer, 12, chat_template=ChatTemplate())
+    backbone = GPTBackbone.from_preset("gpt_tiny", vocabulary_size=len(VOCAB), dropout=0.0)
+    lm = CausalLM(backbone, preprocessor=preprocessor)
+    lm.compile(optimizer=keras.optimizers.SGD(0.0))  # the loss of the starting weights
+    # Responses of 1 and 4 tokens (+ end token), prompts and padding of other lengths:
+    # dividing by all labels, by rows or by response tokens give different numbers.
+    data = {"prompts": ["a b", "d"], "responses": ["a", "b c d a"]}
+    history = lm.fit(data, batch_size=2, shuffle=False, verbose=0).history
+    x, y, w = preprocessor(data)
+    logits = lm(x).numpy().astype(np.float64)  # (B, T, V)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    token_loss = -np.take_along_axis(log_probs, y.numpy()[..., None], axis=-1)[..., 0]
+    w = w.numpy().astype(np.float64)
+    assert w.sum() == 2 + 5  # response tokens and their end tokens
+    expected = (w * token_loss).sum() / w.sum()
+    assert history["loss"][0] == pytest.approx(expected, rel=1e-5)
+    assert (w * token_loss).sum() / w.size < 0.7 * expected  # Keras's default reduction
+    # The `causal_lm_sft` run compiles its CausalLM with the same loss.
+    config = RunConfig(
+        task="causal_lm_sft", init_from="gpt", train_files=("train.jsonl",), packed=False
+    )
+    start = PresetParts("tfllm", backbone, tokenizer, None)
+    run_model = build_model(config, len(VOCAB), start=start)
+    run_loss = run_model.evaluate(dict(x), y, sample_weight=w, verbose=0, return_dict=True)
+    assert run_loss["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+# --- generating from a chat ------------------------------------------------------------
+
+
+def chat_lm(tokenizer):
+    backbone = GPTBackbone.from_preset("gpt_tiny", vocabulary_size=len(VOCAB), dropout=0.0)
+    return CausalLM(backbone, CausalLMPreprocessor(tokenizer, 40, chat_template=ChatTemplate()))
+
+
+def test_generate_answers_a_conversation_rendered_as_by_hand(tokenizer):
+    keras.utils.set_random_seed(1)
+    lm = chat_lm(tokenizer)
+    conversation = CONVERSATION[:4]  # system, user, assistant, user: the reply comes next
+    options = dict(max_length=40, stop_token_ids=None)  # a reply to the last position
+    reply = lm.generate(conversation, **options)
+    # By hand: each message in the template's format, tokenized on its own, the end token
+    # after the assistant's, then the assistant prefix; generated from as token ids.
+    template = lm.preprocessor.chat_template
+    first = template.render(conversation[:3])
+    second = template.render(conversation[3:]) + template.parts("assistant")[0]
+    ids = [CLS, *tokenizer.tokenize(first).numpy(), SEP, *tokenizer.tokenize(second).numpy()]
+    assert ids == [CLS, D, *USER, A, *ASSISTANT, B, SEP, *USER, C, *ASSISTANT]
+    prompt = {"token_ids": [ids + [PAD] * (40 - len(ids))], "padding_mask": [[1] * len(ids)]}
+    prompt["padding_mask"][0] += [0] * (40 - len(ids))
+    new = lm.generate(prompt, strip_prompt=True, **options)
+    assert reply == lm.preprocessor.generate_postprocess(new)[0] and reply
+    # A batch of conversations; a one-message one is the string prompt of its user.
+    single = [{"role": "user", "content": "c"}]
+    replies = lm.generate([conversation, single], **options)
+    assert replies == [reply, lm.generate("c", strip_prompt=True, **options)]
+    # A conversation too long for `max_length` keeps its end: [CLS] + the last 11 tokens.
+    x = lm.preprocessor.generate_preprocess(as_conversations(conversation)[0], 12)
+    assert np.asarray(x["token_ids"][0]).tolist() == [CLS, *ids[-11:]]
+
+
+@pytest.mark.parametrize(
+    "inputs, error, message",
+    [
+        ([{"role": "user"}], ValueError, "`inputs` message 0 must be a dict with `role` and"),
+        ([{"role": "bot", "content": "a"}], ValueError, r"`role` must be one of .* 'bot'"),
+        (
+            [[{"role": "user", "content": "a"}], [{"content": "a"}]],
+            ValueError,
+            r"`inputs\[1\]` message 0 must be a dict",
+        ),
+        ([[]], ValueError, r"`inputs\[0\]` must be a non-empty list of messages"),
+        ([{"role": "user", "content": 3}], TypeError, "`content` must be a str. Received: 3"),
+        (
+            [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+            ValueError,
+            "ends with an assistant message",
+        ),
+        (
+            [{"role": "assistant", "content": " "}, {"role": "user", "content": "a"}],
+            ValueError,
+            "message 0: an assistant message is empty",
+        ),
+    ],
+)
+def test_generate_rejects_bad_messages(tokenizer, inputs, error, message):
+    with pytest.raises(error, match=message):
+        chat_lm(tokenizer).generate(inputs, max_length=16)
+
+
+def test_generate_from_a_chat_needs_a_preprocessor():
+    lm = CausalLM(GPTBackbone.from_preset("gpt_tiny", vocabulary_size=len(VOCAB)))
+    with pytest.raises(ValueError, match="chat `inputs` need a `preprocessor`"):
+        lm.generate([{"role": "user", "content": "a"}], max_length=8, stop_token_ids=None)

@@ -143,9 +143,9 @@ def build_model(config: RunConfig, vocabulary_size: int, start=None) -> keras.Mo
 
 
 def _compile(config: RunConfig, model: keras.Model) -> keras.Model:
-    # SFT: the mean over response tokens, whatever share of each batch the prompts take.
-    reduction = "mean_with_sample_weight" if config.task == SFT_TASK else "sum_over_batch_size"
-    loss = SparseCategoricalCrossentropy(reduction=reduction)
+    # SFT: the mean over response tokens, whatever share of each batch the prompts take
+    # (`CausalLM`'s own loss, also that of `fit` in Python).
+    loss = model.default_loss() if config.task == SFT_TASK else SparseCategoricalCrossentropy()
     metrics = [Perplexity(), keras.metrics.SparseCategoricalAccuracy("accuracy")]
     if config.task == "bert_pretraining":
         nsp = [keras.metrics.SparseCategoricalAccuracy("accuracy")]

@@ -6,6 +6,28 @@ import tensorflow as tf
 from keras import ops
 
 
+def segment_positions(segment_ids):
+    """Position of each token within its run of equal `segment_ids`, `(B, T)` int32.
+
+    A packed row of documents `1 1 1 2 2 0 0` gives `0 1 2 0 1 0 1`: each document (and
+    the padding after them) is numbered as if it started the row.
+
+    Example:
+    >>> segment_positions(np.array([[1, 1, 1, 2, 2, 0, 0]])).numpy().tolist()
+    [[0, 1, 2, 0, 1, 0, 1]]
+    """
+    segment_ids = ops.convert_to_tensor(segment_ids)
+    # Built from `segment_ids` alone (no static length): also runs on symbolic inputs.
+    index = ops.cumsum(ops.ones_like(segment_ids, dtype="int32"), axis=1) - 1  # (B, T)
+    first = ops.ones_like(segment_ids[:, :1], dtype="bool")
+    starts = ops.concatenate([first, segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+    run = ops.cumsum(ops.cast(starts, "int32"), axis=1) - 1  # (B, T) run number, from 0
+    # The runs' first indices in ascending order, then the largest int32 where no run
+    # starts: run `r` begins at `run_starts[r]`.
+    run_starts = ops.sort(ops.where(starts, index, 2**31 - 1), axis=1)  # (B, T)
+    return index - ops.take_along_axis(run_starts, run, axis=1)
+
+
 @keras.saving.register_keras_serializable(package="tfllm")
 class TokenEmbedding(keras.layers.ReversibleEmbedding):
     """Token embedding that can also project back to vocabulary logits.
@@ -90,8 +112,9 @@ class PositionEmbedding(keras.layers.Layer):
             return ops.take(table, position_ids, axis=0)  # (B, T, d)
         return ops.slice(table, (start_index, 0), (length, ops.shape(table)[1]))[None]
 
-    def compute_output_shape(self, inputs_shape):
-        return (1, inputs_shape[1], inputs_shape[-1])
+    def compute_output_shape(self, inputs_shape, position_ids_shape=None):
+        batch = 1 if position_ids_shape is None else position_ids_shape[0]
+        return (batch, inputs_shape[1], inputs_shape[-1])
 
     def get_config(self):
         config = super().get_config()
@@ -127,8 +150,9 @@ class SinusoidalPositionEncoding(keras.layers.Layer):
         encoding = ops.where(is_even, ops.sin(angles), ops.cos(angles))
         return ops.cast(encoding, self.compute_dtype)
 
-    def compute_output_shape(self, inputs_shape):
-        return (1, inputs_shape[1], inputs_shape[-1])
+    def compute_output_shape(self, inputs_shape, position_ids_shape=None):
+        batch = 1 if position_ids_shape is None else position_ids_shape[0]
+        return (batch, inputs_shape[1], inputs_shape[-1])
 
     def get_config(self):
         config = super().get_config()

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from tfllm import generation
+from tfllm.losses import SparseCategoricalCrossentropy
 from tfllm.models.completion import complete
 from tfllm.models.gpt import GPTBackbone
 from tfllm.models.task import Task, check_backbone
@@ -47,6 +48,16 @@ class CausalLM(Task):
         if not self.compiled:  # `compile(sampler=...)` sets it otherwise
             self.sampler = generation.get_sampler("greedy")
 
+    def default_loss(self):
+        """Token cross-entropy, the mean over weighted tokens: `sum(w * loss) / sum(w)`.
+
+        Keras's default divides by all `B * T` labels, padding and prompts included, so a
+        batch's loss would shrink with its prompts' share; here it is the mean over
+        response tokens (prompts and responses; that of the `causal_lm_sft` run) or over
+        real tokens (texts).
+        """
+        return SparseCategoricalCrossentropy(reduction="mean_with_sample_weight")
+
     def compile(self, *args, sampler="greedy", **kwargs):
         """`Task.compile`, plus the `sampler` of `generate` (a name, dict or `Sampler`)."""
         super().compile(*args, **kwargs)
@@ -76,9 +87,14 @@ class CausalLM(Task):
         """Continues prompts, as keras-hub's `CausalLM.generate`.
 
         Args:
-            inputs: a string or a list of strings (needs a preprocessor); a dict of
+            inputs: a string or a list of strings (needs a preprocessor); a chat (needs
+                a preprocessor): one conversation, a list of `{"role", "content"}`
+                messages (roles `system`, `user`, `assistant`; not ending with an
+                assistant message), or a list of conversations, written with the
+                preprocessor's chat template and the assistant prefix; a dict of
                 `token_ids` and `padding_mask` `(B, L)` (prompts right-padded; generation
-                fills each row up to `L`); or a `tf.data.Dataset` of either (batched).
+                fills each row up to `L`); or a `tf.data.Dataset` of strings or token
+                dicts (batched).
             max_length: total length, prompt included, for string inputs (default: the
                 preprocessor's `sequence_length`); token dicts use their width `L`.
             stop_token_ids: `"auto"` (the preprocessor's end token; needs a preprocessor),
@@ -89,8 +105,13 @@ class CausalLM(Task):
 
         Returns:
             A string or list of strings (prompt + continuation, special tokens removed)
-            for string inputs; for token dicts, a dict of `token_ids` `(B, L)` and boolean
-            `padding_mask` (`(B, N)` new tokens only with `strip_prompt`).
+            for string inputs; the assistant's reply (a string per conversation) for a
+            chat, whatever `strip_prompt`; for token dicts, a dict of `token_ids` `(B, L)`
+            and boolean `padding_mask` (`(B, N)` new tokens only with `strip_prompt`).
+
+        Example:
+        >>> lm.generate([{"role": "user", "content": "2+2?"}], max_length=32)  # doctest: +SKIP
+        '4'
         """
         sampler = self.sampler if sampler is None else sampler
         return complete(self, inputs, max_length, stop_token_ids, strip_prompt, sampler, seed)

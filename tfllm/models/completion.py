@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfllm.generation import PAD_ID, decode_prompts
+from tfllm.preprocessing.chat import as_conversations
 
 
 def _stop_ids(model, stop_token_ids) -> tuple[int, ...]:
@@ -32,9 +33,12 @@ def _stop_ids(model, stop_token_ids) -> tuple[int, ...]:
     return tuple(int(t) for t in np.atleast_1d(stop_token_ids))
 
 
-def _prompt_dict(model, inputs, max_length) -> tuple[dict, bool]:
-    """`(dict of token_ids / padding_mask numpy (B, L), were the inputs strings)`."""
-    if isinstance(inputs, dict):
+def _prompt_dict(model, inputs, max_length, chat: bool) -> tuple[dict, bool]:
+    """`(dict of token_ids / padding_mask numpy (B, L), were the inputs strings or chats)`.
+
+    `chat`: `inputs` is the `{"roles", "contents"}` dict of `as_conversations`.
+    """
+    if isinstance(inputs, dict) and not chat:
         if "token_ids" not in inputs:
             raise ValueError(f"A dict `inputs` needs 'token_ids'. Received: {sorted(inputs)}")
         ids = np.asarray(inputs["token_ids"])
@@ -47,8 +51,8 @@ def _prompt_dict(model, inputs, max_length) -> tuple[dict, bool]:
         return {"token_ids": ids.astype("int32"), "padding_mask": mask.astype(bool)}, False
     if model.preprocessor is None:
         raise ValueError(
-            "String `inputs` need a `preprocessor` (a CausalLMPreprocessor). This CausalLM has "
-            "none: attach one, or pass a dict of `token_ids` and `padding_mask`."
+            "String and chat `inputs` need a `preprocessor` (a CausalLMPreprocessor). This "
+            "CausalLM has none: attach one, or pass a dict of `token_ids` and `padding_mask`."
         )
     x = model.preprocessor.generate_preprocess(inputs, sequence_length=max_length)
     x = {key: value.numpy() for key, value in x.items()}
@@ -65,15 +69,21 @@ def complete(model, inputs, max_length, stop_token_ids, strip_prompt, sampler, s
         if parts and isinstance(parts[0], dict):
             return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
         return [text for part in parts for text in ([part] if isinstance(part, str) else part)]
-    single = isinstance(inputs, (str, bytes)) or (
-        isinstance(inputs, (np.ndarray, tf.Tensor)) and np.ndim(inputs) == 0
-    )
+    conversations = as_conversations(inputs)
+    if conversations is not None:  # the reply alone, after the rendered conversation
+        inputs, single = conversations
+        strip_prompt = True
+    else:
+        single = isinstance(inputs, (str, bytes)) or (
+            isinstance(inputs, (np.ndarray, tf.Tensor)) and np.ndim(inputs) == 0
+        )
+        inputs = [inputs] if single else inputs
     if max_length is not None and (
         isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer))
     ):
         raise ValueError(f"`max_length` must be an int or None. Received: {max_length!r}")
     stops = _stop_ids(model, stop_token_ids)
-    x, strings = _prompt_dict(model, [inputs] if single else inputs, max_length)
+    x, strings = _prompt_dict(model, inputs, max_length, chat=conversations is not None)
     ids, mask = x["token_ids"], x["padding_mask"]
     width = ids.shape[1]
     context = model.backbone.max_sequence_length

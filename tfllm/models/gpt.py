@@ -10,6 +10,7 @@ from tfllm.layers import (
     TokenEmbedding,
     TransformerDecoderBlock,
 )
+from tfllm.layers.embedding import segment_positions
 from tfllm.layers.transformer import NORMALIZATIONS, check_choice, normalization_layer
 from tfllm.models.backbone import Backbone, check_heads, check_positive_int
 
@@ -34,7 +35,9 @@ class GPTBackbone(Backbone):
         dropout: dropout rate on embeddings, attention and residuals.
         layer_norm_epsilon: epsilon of all norms.
         packed_sequences: add a `segment_ids` input `(B, T)` of document ids; tokens then
-            attend only within their own document.
+            attend only within their own document, and each document's positions start
+            at 0 (`tfllm.layers.embedding.segment_positions`), so a packed document gives
+            the outputs it gives alone.
         dtype: dtype policy of all layers.
 
     Inputs: dict of `token_ids` and `padding_mask` `(B, T)` int (and `segment_ids`).
@@ -139,11 +142,18 @@ class GPTBackbone(Backbone):
         keys = ("token_ids", "padding_mask") + (("segment_ids",) if packed_sequences else ())
         inputs = {key: keras.Input(shape=(None,), dtype="int32", name=key) for key in keys}
         x = token_embedding(inputs["token_ids"])  # (B, T, d)
+        # Packed documents each start at position 0, as if alone in the row.
+        position_ids = segment_positions(inputs["segment_ids"]) if packed_sequences else None
         if positions is not None:
-            x = x + positions(x)
+            x = x + positions(x, position_ids=position_ids)
         x = embeddings_dropout(x)
         for block in blocks:
-            x = block(x, padding_mask=inputs["padding_mask"], segment_ids=inputs.get("segment_ids"))
+            x = block(
+                x,
+                padding_mask=inputs["padding_mask"],
+                segment_ids=inputs.get("segment_ids"),
+                position_ids=position_ids,
+            )
         super().__init__(inputs=inputs, outputs=final_norm(x), dtype=dtype, **kwargs)
 
         self.vocabulary_size = vocabulary_size

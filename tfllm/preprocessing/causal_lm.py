@@ -148,27 +148,54 @@ class CausalLMPreprocessor(Preprocessor):
         return unbatch_like((x, ids[:, 1:], weights[:, 1:]), batched)
 
     def generate_preprocess(self, x, sequence_length: int | None = None) -> dict:
-        """Prompts -> `token_ids` / `padding_mask` int32 `(B, L)`, right-padded.
+        """Prompts, or conversations, -> `token_ids` / `padding_mask` int32 `(B, L)`.
 
-        `[BOS] ids`, with `chat_template`: `[BOS]`, the prompt as a user message, the
-        assistant prefix (tokenized as in training). No end token (the text goes on);
-        `L` is `sequence_length` (default: this preprocessor's), longer prompts are cut at
-        the end.
+        A prompt string is `[BOS] ids`, with `chat_template`: `[BOS]`, the prompt as a user
+        message, the assistant prefix (tokenized as in training); longer prompts are cut
+        at the end. A conversation `{"roles", "contents"}` (as in `call`) is `[BOS]`, its
+        messages as in training (each assistant message closed by the end token), then
+        the assistant prefix; a longer one loses its oldest tokens after `[BOS]`, so that
+        its last message is kept. No end token (the text goes on); rows are right-padded
+        to `L`, `sequence_length` (default: this preprocessor's).
         """
         length = self.sequence_length if sequence_length is None else sequence_length
         if isinstance(length, bool) or not isinstance(length, int) or length < 1:
             raise ValueError(f"`sequence_length` must be an int >= 1. Received: {length!r}")
+        if isinstance(x, dict):
+            return self._conversation_prompts(x, length)
         strings, batched = to_batch(x)
         user_prefix, user_suffix = self.template.parts("user")
         ids = self.tokenizer.tokenize(tf.strings.join([user_prefix, strings, user_suffix]))
-        assistant_prefix = self.template.parts("assistant")[0]
-        if assistant_prefix:
-            prefix = self.tokenizer.tokenize(tf.fill(tf.shape(strings), assistant_prefix))
-            ids = tf.concat([ids, tf.cast(prefix, ids.dtype)], axis=1)
+        ids = self._with_assistant_prefix(ids)
         if self.add_bos:
             ids = tf.concat([self._column(ids.nrows(), self.bos_token_id), ids], axis=1)
         token_ids, padding_mask = pad(ids[:, :length], length, self.pad_token_id)
         return unbatch_like({"token_ids": token_ids, "padding_mask": padding_mask}, batched)
+
+    def _conversation_prompts(self, x: dict, length: int) -> dict:
+        if sorted(x) != ["contents", "roles"]:
+            raise ValueError(
+                "A dict `x` to generate from holds `roles` and `contents` (conversations). "
+                f"Received: {sorted(x)}"
+            )
+        roles, contents, batched = _conversations(x)
+        ids, _ = conversation_ids(self.tokenizer, self.template, roles, contents, self.end_token_id)
+        ids = self._with_assistant_prefix(ids)
+        keep = length - int(self.add_bos)  # the last `keep` tokens
+        positions = tf.ragged.range(ids.row_lengths())
+        ids = tf.ragged.boolean_mask(ids, positions >= (ids.row_lengths() - keep)[:, None])
+        if self.add_bos:
+            ids = tf.concat([self._column(ids.nrows(), self.bos_token_id), ids], axis=1)
+        token_ids, padding_mask = pad(ids, length, self.pad_token_id)
+        return unbatch_like({"token_ids": token_ids, "padding_mask": padding_mask}, batched)
+
+    def _with_assistant_prefix(self, ids: tf.RaggedTensor) -> tf.RaggedTensor:
+        """`(B, (n))` ids followed by the template's assistant prefix (tokenized apart)."""
+        assistant_prefix = self.template.parts("assistant")[0]
+        if not assistant_prefix:
+            return ids
+        prefix = self.tokenizer.tokenize(tf.fill([ids.nrows()], assistant_prefix))
+        return tf.concat([ids, tf.cast(prefix, ids.dtype)], axis=1)
 
     def generate_postprocess(self, x) -> list[str]:
         """`token_ids` / `padding_mask` `(B, L)` -> `B` strings, without BOS / EOS tokens."""

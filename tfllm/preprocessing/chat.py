@@ -95,6 +95,62 @@ class ChatTemplate:
         return f"ChatTemplate({', '.join(f'{k}={v!r}' for k, v in self.get_config().items())})"
 
 
+def as_conversations(inputs, name: str = "inputs") -> tuple[dict, bool] | None:
+    """Chat messages -> `({"roles", "contents"} ragged (B, (n)) strings, single)`, else None.
+
+    `inputs` is one conversation (a list of `{"role", "content"}` dicts) or a batch of
+    them (a list of such lists); anything else (strings, token dicts) gives None. The
+    conversation is to be answered: it must not end with an assistant message.
+
+    Example:
+    >>> x, single = as_conversations([{"role": "user", "content": "2+2?"}])
+    >>> x["roles"].to_list(), single
+    ([[b'user']], True)
+    """
+    if not isinstance(inputs, (list, tuple)) or not inputs:
+        return None
+    if isinstance(inputs[0], dict):
+        conversations, single = [inputs], True
+    elif isinstance(inputs[0], (list, tuple)):
+        conversations, single = inputs, False
+    else:
+        return None
+    roles, contents = [], []
+    for i, conversation in enumerate(conversations):
+        where = f"`{name}`" if single else f"`{name}[{i}]`"
+        if not isinstance(conversation, (list, tuple)) or not conversation:
+            raise ValueError(
+                f"{where} must be a non-empty list of messages `{{'role', 'content'}}`. "
+                f"Received: {conversation!r}"
+            )
+        for j, message in enumerate(conversation):
+            if not isinstance(message, dict) or not {"role", "content"} <= set(message):
+                raise ValueError(
+                    f"{where} message {j} must be a dict with `role` and `content`. "
+                    f"Received: {message!r}"
+                )
+            role, content = message["role"], message["content"]
+            if role not in ROLES:
+                raise ValueError(
+                    f"{where} message {j}: `role` must be one of {ROLES}. Received: {role!r}"
+                )
+            if not isinstance(content, str):
+                raise TypeError(
+                    f"{where} message {j}: `content` must be a str. Received: {content!r}"
+                )
+            if role == "assistant" and not content.strip():
+                raise ValueError(f"{where} message {j}: an assistant message is empty.")
+        if conversation[-1]["role"] == "assistant":
+            raise ValueError(
+                f"{where} ends with an assistant message: there is nothing to reply to. "
+                f"Received: {conversation[-1]!r}"
+            )
+        roles.append([message["role"] for message in conversation])
+        contents.append([message["content"] for message in conversation])
+    x = {"roles": tf.ragged.constant(roles), "contents": tf.ragged.constant(contents)}
+    return x, single
+
+
 # Prompt + response written one after the other: keras-hub's `{"prompts", "responses"}`.
 PLAIN_TEMPLATE = ChatTemplate(system=PLACEHOLDER, user=PLACEHOLDER, assistant=PLACEHOLDER)
 
