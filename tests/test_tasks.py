@@ -246,6 +246,18 @@ def test_generate_on_token_dicts_fills_each_row_to_its_width(tokenizer):
     np.testing.assert_array_equal(stripped["padding_mask"].sum(axis=1), [3, 1])
 
 
+def test_generate_fills_the_whole_context_for_prompts_of_different_lengths(tokenizer):
+    lm = CausalLM(gpt())  # context 32: the longest prompt plus the shortest's room overflow it
+    ids = np.zeros((2, 32), "int32")
+    ids[0, :3], ids[1, :20] = [2, 5, 6], np.arange(20) % 8 + 2
+    mask = ids > 0
+    out = lm.generate({"token_ids": ids, "padding_mask": mask}, stop_token_ids=None)
+    assert out["padding_mask"].all()
+    for row, length in enumerate((3, 20)):
+        alone = generate(lm, [ids[row, :length].tolist()], 32 - length, stop_token_ids=())
+        np.testing.assert_array_equal(out["token_ids"][row, length:], alone[0])
+
+
 def test_generate_stops_and_uses_the_compiled_sampler(tokenizer):
     lm = CausalLM(gpt(), preprocessor=CausalLMPreprocessor(tokenizer, 16))
     ids = {"token_ids": np.zeros((1, 16), "int32"), "padding_mask": np.arange(16)[None] < 3}
@@ -292,7 +304,7 @@ def test_errors(tokenizer):
     ids = {"token_ids": np.ones((1, 3), "int32"), "padding_mask": np.ones((1, 3), bool)}
     with pytest.raises(ValueError, match='stop_token_ids="auto" needs a `preprocessor`'):
         lm.generate(ids)
-    with pytest.raises(ValueError, match="String `inputs` need a `preprocessor`"):
+    with pytest.raises(ValueError, match="String and chat `inputs` need a `preprocessor`"):
         lm.generate("the film", stop_token_ids=None)
     with pytest.raises(ValueError, match=r"`max_length` \(40\) exceeds the model's context"):
         CausalLM(gpt(), preprocessor=CausalLMPreprocessor(tokenizer, 16)).generate(

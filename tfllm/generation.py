@@ -218,6 +218,10 @@ def decode(model, token_ids, padding_mask, max_new_tokens, sampler, stop_token_i
     rows = sampler.num_beams if isinstance(sampler, BeamSampler) else 1
     cache_mask, lengths = tf.repeat(cache_mask, rows, axis=0), tf.repeat(lengths, rows)
 
+    # A row past the context (only where `decode_prompts` was given `max_length`: its
+    # later tokens are dropped) keeps the last position instead of reading past the table.
+    last_position = model.backbone.max_sequence_length - 1
+
     def forward(tokens, cache, i):
         """`(B * rows, V)` logits after new token `i - 1`, `tokens (B * rows,)`."""
         logits, cache = model.call_with_cache(
@@ -225,7 +229,7 @@ def decode(model, token_ids, padding_mask, max_new_tokens, sampler, stop_token_i
             cache,
             length + i - 1,  # its cache slot
             padding_mask=cache_mask,
-            position_ids=(lengths + i - 1)[:, None],
+            position_ids=tf.minimum(lengths + i - 1, last_position)[:, None],
         )
         return tf.cast(logits[:, -1], tf.float32), cache
 
@@ -405,12 +409,15 @@ def _prompts_to_ragged(prompts, tokenizer):
 
 
 def decode_prompts(
-    model, ids, max_new_tokens, sampler, stop_token_ids=(), seed=None, jit_compile=None
-):
+    model, ids, max_new_tokens, sampler, stop_token_ids=(), seed=None, jit_compile=None,
+    max_length=None,
+):  # fmt: skip
     """Checks, then runs the compiled decoder on ragged prompt ids `(B, (n))`.
 
     Returns `(new_ids (B, N) int32, new_mask (B, N) bool)` tensors (see `decode`); the
-    shared core of `generate` and `CausalLM.generate`.
+    shared core of `generate` and `CausalLM.generate`. `max_length`: the caller keeps only
+    each row's tokens up to this total length (at most the model's context), so only it
+    must fit, not the longest prompt plus `max_new_tokens`.
     """
     sampler = get_sampler(sampler)
     max_new_tokens = _positive_int("max_new_tokens", max_new_tokens)
@@ -422,7 +429,12 @@ def decode_prompts(
             f"Every prompt needs at least one token. Prompt {lengths.argmin()} is empty."
         )
     context = model.backbone.max_sequence_length
-    if lengths.max() + max_new_tokens > context:
+    if max_length is not None and not lengths.max() <= max_length <= context:
+        raise ValueError(
+            f"`max_length` ({max_length}) must hold the longest prompt ({lengths.max()} "
+            f"tokens) and fit the model's context (`max_sequence_length` = {context})."
+        )
+    if max_length is None and lengths.max() + max_new_tokens > context:
         raise ValueError(
             f"The longest prompt ({lengths.max()} tokens) plus `max_new_tokens` "
             f"({max_new_tokens}) exceeds the model's context (`max_sequence_length` = {context})."

@@ -97,8 +97,10 @@ def complete(model, inputs, max_length, stop_token_ids, strip_prompt, sampler, s
     new_ids = np.full((ids.shape[0], 0), PAD_ID, "int32")
     keep = np.zeros(new_ids.shape, bool)
     if room.max() > 0:
-        prompts = tf.ragged.boolean_mask(ids, mask)
-        new, new_mask = decode_prompts(model, prompts, int(room.max()), sampler, stops, seed)
+        prompts = tf.RaggedTensor.from_row_lengths(ids[mask], lengths)
+        new, new_mask = decode_prompts(
+            model, prompts, int(room.max()), sampler, stops, seed, max_length=width
+        )
         new_ids, keep = new.numpy(), new_mask.numpy()
         keep &= np.arange(new_ids.shape[1])[None, :] < room[:, None]
     pad_id = PAD_ID if model.preprocessor is None else model.preprocessor.pad_token_id
