@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import keras
@@ -185,6 +186,7 @@ def export_saved_model(
     sampler="greedy",
     stop_token_ids=None,
     validate: bool = True,
+    report=None,
 ) -> Path:
     """Exports a run folder or a task model as `<base_path>/<model_name>/<version>/`.
 
@@ -202,6 +204,10 @@ def export_saved_model(
         max_new_tokens, sampler, stop_token_ids: the settings of `generate` (as in
             `tfllm.generation.generate`; `generate_with_options` takes them per request).
         validate: reload in a fresh process and compare (strongly advised).
+        report: `report(phase, seconds, **counts)`, called as each phase ends
+            (`traced`, `written`, `validated in a fresh process`) with the seconds since
+            the export started, e.g. `functools.partial(tfllm.progress.report_phase,
+            "export")`; `None`: silent.
 
     Returns:
         The version folder.
@@ -222,6 +228,7 @@ def export_saved_model(
     array([[b'negative', b'positive']], dtype=object)
     >>> export_saved_model("runs/sst", "exports")  # a run folder: exports/sst/1/  # doctest: +SKIP
     """
+    started = time.perf_counter()
     if isinstance(run_or_model, (str, os.PathLike)):
         if tokenizer is not None or sequence_length is not None:
             raise ValueError("A run folder brings its tokenizer and `sequence_length`.")
@@ -263,7 +270,7 @@ def export_saved_model(
     try:
         with atomic_path(target) as temp:  # a hidden name, not a version: servers skip it
             temp.mkdir()
-            _write(temp, model, tokenizer, endpoints, model_name, validate)
+            _write(temp, model, tokenizer, endpoints, model_name, validate, report, started)
     except BaseException:
         if created and model_dir.is_dir() and not any(model_dir.iterdir()):
             model_dir.rmdir()
@@ -271,7 +278,11 @@ def export_saved_model(
     return target
 
 
-def _write(path: Path, model, tokenizer, endpoints, model_name, validate) -> None:
+def _write(path: Path, model, tokenizer, endpoints, model_name, validate, report, started):
+    def phase_done(phase: str) -> None:
+        if report is not None:
+            report(phase, time.perf_counter() - started, signatures=len(endpoints))
+
     archive = keras.export.ExportArchive()
     archive.track(model)
     # The tokenizer's lookup tables (BPE) must be tracked; as an unbuilt Keras layer it
@@ -286,11 +297,14 @@ def _write(path: Path, model, tokenizer, endpoints, model_name, validate) -> Non
         outputs = function(**{k: tf.constant(v) for k, v in requests[name].items()})
         expected[name] = {k: v.numpy() for k, v in outputs.items()}
         archive.add_endpoint(name, function)  # the first one is also `serving_default`
+    phase_done("traced")
     archive.write_out(str(path), verbose=False)
     save_tokenizer(tokenizer, path / "assets" / "tokenizer")
     write_warmup_requests(path, model_name, requests)
+    phase_done("written")
     if validate:
         check_export(path, requests, expected)
+        phase_done("validated in a fresh process")
 
 
 def write_warmup_requests(path, model_name: str, requests: dict) -> Path:

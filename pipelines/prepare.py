@@ -6,7 +6,10 @@ so the same code runs on the local runner (in-process, or multi-process with
 `train-*`/`validation-*` shards, `dropped.jsonl` (every dropped record with its
 `drop_reason`), `problems.jsonl` (file, line, reason of everything that could not be
 read) and `report/` (JSON + HTML + PNG). Beam counters (`collect/records`,
-`clean/kept`, ...) report progress.
+`clean/kept`, ...) count what each stage did; with a `report` callable, each phase
+(collected, cleaned, deduplicated, sharded) calls it once, when it ends, with its count
+and the seconds since the pipeline was built (`tools/prepare_data.py` prints them with
+`tfllm.progress.report_phase`).
 
 Example:
     >>> from pathlib import Path
@@ -23,6 +26,7 @@ import dataclasses
 import json
 import logging
 import os
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -214,8 +218,28 @@ def _write_jsonl(pcoll, path: str, label: str):
     )
 
 
-def build_pipeline(pipeline: beam.Pipeline, config: PrepareConfig) -> None:
-    """Adds every stage of `config` to `pipeline` (run it with `pipeline.run()`)."""
+def _phase_end(count: int, report, phase: str, noun: str, started: float) -> None:
+    report(phase, time.time() - started, **{noun: count})
+
+
+def _report_at_end(pcoll, report, phase: str, noun: str, started: float) -> None:
+    """Calls `report` once every element of `pcoll` is there, with their count."""
+    label = phase.capitalize()
+    _ = (
+        pcoll
+        | f"Count{label}" >> beam.combiners.Count.Globally()
+        | f"Report{label}" >> beam.Map(_phase_end, report, phase, noun, started)
+    )
+
+
+def build_pipeline(pipeline: beam.Pipeline, config: PrepareConfig, report=None) -> None:
+    """Adds every stage of `config` to `pipeline` (run it with `pipeline.run()`).
+
+    `report(phase, seconds, **counts)` (picklable; `None`: no reports) is called as each
+    phase ends: `collected` (records), `cleaned` (kept), `deduplicated` (kept; when a
+    dedup runs) and `sharded` (files), `seconds` counted from now.
+    """
+    started = time.time()  # wall clock: Beam may run the reports in other processes
     files = collect_lib.find_files(list(config.inputs))
     if not files:
         raise ValueError(f"`inputs` holds no readable formats. Received: {config.inputs}")
@@ -234,6 +258,9 @@ def build_pipeline(pipeline: beam.Pipeline, config: PrepareConfig) -> None:
     )
     kept = cleaned.kept
     dropped.append(cleaned.dropped)
+    if report is not None:
+        _report_at_end(records, report, "collected", "records", started)
+        _report_at_end(kept, report, "cleaned", "kept", started)
     if config.decontaminate:  # First, so that no kept duplicate is a contaminated one.
         texts = [
             item["text"]
@@ -276,8 +303,13 @@ def build_pipeline(pipeline: beam.Pipeline, config: PrepareConfig) -> None:
         dropped.append(near.dropped)
     all_dropped = dropped | "AllDropped" >> beam.Flatten()
     out = config.output
-    kept | "Shards" >> WriteShards(out, config.validation_fraction, config.num_shards,
-                                   config.shard_format)  # fmt: skip
+    written = kept | "Shards" >> WriteShards(out, config.validation_fraction,
+                                             config.num_shards, config.shard_format)  # fmt: skip
+    if report is not None:
+        if config.exact_dedup or config.near_dedup:
+            _report_at_end(kept, report, "deduplicated", "kept", started)
+        files = tuple(written.values()) | "WrittenFiles" >> beam.Flatten()
+        _report_at_end(files, report, "sharded", "files", started)
     _write_jsonl(all_dropped, os.path.join(out, "dropped.jsonl"), "Dropped")
     _write_jsonl(read.problems, os.path.join(out, "problems.jsonl"), "Problems")
     side = beam.pvalue.AsSingleton
@@ -306,11 +338,14 @@ def build_pipeline(pipeline: beam.Pipeline, config: PrepareConfig) -> None:
     )
 
 
-def run_prepare(config: PrepareConfig, beam_args: list[str] | None = None) -> dict:
-    """Runs the pipeline to completion; returns the Beam counters `{"stage/name": value}`."""
+def run_prepare(config: PrepareConfig, beam_args: list[str] | None = None, report=None) -> dict:
+    """Runs the pipeline to completion; returns the Beam counters `{"stage/name": value}`.
+
+    `report`: called as each phase ends (see `build_pipeline`).
+    """
     options = PipelineOptions(beam_args or [])
     pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, config)
+    build_pipeline(pipeline, config, report)
     result = pipeline.run()
     result.wait_until_finish()
     counters = result.metrics().query()["counters"]

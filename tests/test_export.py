@@ -1,13 +1,16 @@
 """Export: every signature reloaded and called on real strings, against the Keras models.
 
 One export per model kind (module fixtures: exports take seconds). The classifier is
-exported from a run folder with the full validation (fresh process + saved_model_cli);
+exported from a run folder by `tools/export.py`, with the full validation (fresh process +
+saved_model_cli);
 references are numpy on the in-process Keras model's outputs, `tfllm.generation.generate`
 and a Python BIO decoder.
 """
 
 import contextlib
 import functools
+import io
+import re
 import subprocess
 import sys
 
@@ -17,6 +20,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
+import tools.export
 from export import saved_model
 from export.saved_model import check_export, example_inputs, export_saved_model
 from tfllm.config import RunConfig
@@ -73,7 +77,8 @@ def bert():
 
 @pytest.fixture(scope="module")
 def classifier_export(tmp_path_factory, tokenizer, bert):
-    """A classification run folder exported with validation on, to a relative base path."""
+    """A classification run folder exported by the tool with validation on, to a relative
+    base path; what it printed."""
     run = tmp_path_factory.mktemp("runs") / "sentiment"
     config = RunConfig(
         task="classification", model="bert_tiny", train_files=("train.jsonl",),
@@ -84,9 +89,10 @@ def classifier_export(tmp_path_factory, tokenizer, bert):
     model = TextClassifier(bert, len(LABELS), dropout=0.0)
     model.save(run / "model.keras")
     base = tmp_path_factory.mktemp("exports")
-    with contextlib.chdir(base.parent):
-        path = export_saved_model(run, base.name)
-    return model, base.parent / path, base
+    printed = io.StringIO()
+    with contextlib.chdir(base.parent), contextlib.redirect_stdout(printed):
+        path = tools.export.main([str(run), "--base", base.name])
+    return model, base.parent / path, base, printed.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +113,7 @@ def lm_export(tmp_path_factory, tokenizer, causal_lm):
 
 
 def test_classify_and_embed_match_the_keras_model(classifier_export, tokenizer):
-    model, path, _ = classifier_export
+    model, path, _, _ = classifier_export
     x = BertPreprocessor(tokenizer, LENGTH)(tf.constant(TEXTS))
     probabilities = softmax(keras.ops.convert_to_numpy(model(x)))
     out = call(path, "classify", text=TEXTS)
@@ -128,7 +134,7 @@ def test_classify_and_embed_match_the_keras_model(classifier_export, tokenizer):
 
 
 def test_serving_layout_assets_warmup_and_saved_model_cli(classifier_export, tokenizer):
-    _, path, base = classifier_export
+    _, path, base, _ = classifier_export
     assert path == base / "sentiment" / "1"
     assert [p.name for p in (base / "sentiment").iterdir()] == ["1"]  # no temporary left
     assert (path / "assets" / "tokenizer" / "vocab.txt").read_text().split() == VOCABULARY
@@ -152,8 +158,18 @@ def test_serving_layout_assets_warmup_and_saved_model_cli(classifier_export, tok
     assert "DT_STRING" in listing
 
 
+def test_the_tool_prints_a_plain_line_per_phase_with_seconds(classifier_export):
+    _, path, _, printed = classifier_export
+    assert "\r" not in printed and printed.splitlines()[-1] == str(path)
+    lines = printed.splitlines()[:-1]
+    phases = [re.fullmatch(r"export: (.+)  signatures 2  (\d+\.\d) s", line) for line in lines]
+    assert [m[1] for m in phases] == ["traced", "written", "validated in a fresh process"]
+    seconds = [float(m[2]) for m in phases]
+    assert seconds == sorted(seconds) and seconds[0] > 0
+
+
 def test_check_export_detects_a_difference(classifier_export, tokenizer):
-    _, path, _ = classifier_export
+    _, path, _, _ = classifier_export
     requests = {"classify": example_inputs("classify", tokenizer)}
     expected = call(path, "classify", **requests["classify"])
     expected["probabilities"] = expected["probabilities"] + 1e-4

@@ -220,3 +220,31 @@ def test_prepare_data_tool_options():
     assert beam_arguments("FlinkRunner", 2, []) == ["--runner=FlinkRunner"]
     with pytest.raises(ValueError, match="--key=value"):
         parse_overrides({}, ["num_shards=8"])
+
+
+def test_prepare_data_tool_prints_a_plain_line_per_phase(tmp_path, lee, capfd):
+    from tools import prepare_data
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "news.txt").write_text("\n".join(lee[:6] + lee[:2]))  # 2 repeated
+    out = tmp_path / "out"
+    counters = prepare_data.main(
+        [f"--inputs={json.dumps([str(tmp_path / 'in')])}", f"--output={out}",
+         "--text_unit=line", "--num_shards=1", "--validation_fraction=0.3"]
+    )  # fmt: skip
+    text = capfd.readouterr().out
+    assert "\r" not in text and "\x1b[" not in text
+    phases = {}
+    for line in text.splitlines():
+        match = re.fullmatch(r"prepare: (\w+)  (\w+) (\d+)  (\d+\.\d) s", line)
+        if match:
+            phases[match[1]] = (match[2], int(match[3]), float(match[4]))
+    assert sorted(phases) == ["cleaned", "collected", "deduplicated", "sharded"]
+    assert phases["collected"][:2] == ("records", 8) == ("records", counters["collect/records"])
+    assert phases["cleaned"][:2] == ("kept", counters["clean/kept"])
+    shards = sorted(out.glob("train-*.jsonl")) + sorted(out.glob("validation-*.jsonl"))
+    kept = sum(len(p.read_text().splitlines()) for p in shards)
+    assert phases["deduplicated"][:2] == ("kept", kept) == ("kept", counters["clean/kept"] - 2)
+    assert counters["dedup/exact_duplicates"] == 2
+    assert phases["sharded"][:2] == ("files", len(shards)) == ("files", 2)
+    assert all(0 <= seconds < 600 for _, _, seconds in phases.values())

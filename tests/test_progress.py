@@ -8,7 +8,7 @@ import sys
 import keras
 import numpy as np
 
-from tfllm.progress import ProgressCallback, StepProgress
+from tfllm.progress import ProgressCallback, StepProgress, report_phase
 from tools.quiet_start import noise
 
 
@@ -28,6 +28,14 @@ def test_a_terminal_gets_one_line_redrawn_and_a_newline_at_the_end():
     frames = text.split("\r")[1:]
     assert len(frames[1]) >= len(frames[0])
     assert "ETA 1s" in frames[1] and "step 30/30" in frames[2]
+
+
+def test_a_phase_line_is_plain_even_on_a_terminal(capsys):
+    out = Terminal()
+    report_phase("export", "written", 3.04, stream=out, signatures=2)
+    report_phase("prepare", "collected", 0.31, records=38)  # sys.stdout at call time
+    assert out.getvalue() == "export: written  signatures 2  3.0 s\n"
+    assert capsys.readouterr().out == "prepare: collected  records 38  0.3 s\n"
 
 
 def test_fit_with_the_callback_writes_one_plain_line_per_interval():

@@ -4,6 +4,8 @@ r"""Training progress a person reads: one live line on a terminal, plain lines i
 one line (`\r`): steps, loss, validation scores, tokens/s, ETA; anywhere else (CI, `nohup`,
 a notebook capture) it writes one plain line per call, with no carriage return or colour
 code. `ProgressCallback` does the same for `keras.Model.fit`, one update per epoch.
+`report_phase` writes one plain line when a phase of a long step ends (data preparation,
+export): what it did, its counts and seconds.
 
 Example:
 >>> import io
@@ -14,6 +16,9 @@ Example:
 >>> print(log.getvalue(), end="")
 step 10/20  loss 6.5  tokens/s 250  ETA 5s
 step 20/20  loss 6.25  val_loss 6.3  10s
+>>> report_phase("prepare", "cleaned", 12.34, stream=log, kept=36, dropped=2)
+>>> log.getvalue().splitlines()[-1]
+'prepare: cleaned  kept 36  dropped 2  12.3 s'
 """
 
 import sys
@@ -97,3 +102,22 @@ class ProgressCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.progress.update((epoch + 1) * self.every, {k: float(v) for k, v in logs.items()})
+
+
+def report_phase(task: str, phase: str, seconds: float, stream=None, **counts) -> None:
+    """Writes `"<task>: <phase>  <name> <count> ...  <seconds> s"` and a newline.
+
+    A phase line is written once, when the phase ends, so it is a plain line on a terminal
+    too (no carriage return).
+
+    Args:
+        task: what runs (`"prepare"`, `"export"`).
+        phase: what just ended (`"cleaned"`, `"validated in a fresh process"`).
+        seconds: since the task started.
+        stream: where to write (default `sys.stdout` at the time of the call).
+        **counts: shown in order as `name value`.
+    """
+    fields = [f"{task}: {phase}", *(f"{name} {value}" for name, value in counts.items())]
+    stream = stream or sys.stdout
+    stream.write("  ".join([*fields, f"{seconds:.1f} s"]) + "\n")
+    stream.flush()

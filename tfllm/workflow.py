@@ -3,7 +3,9 @@ r"""Multi-stage jobs whose stages are skipped while their outputs are up to date
 A `Stage` runs from one JSON config file, written to `<root>/configs/<name>.json` so the
 stage can also be rerun alone with its own tool. After a stage succeeds, a stamp
 `<root>/stamps/<name>.json` records a hash of its config and of the stamps of the stages
-it depends on (each stamp carries the time its run finished), with its summary.
+it depends on (each stamp carries the time its run finished), with its summary, its wall
+`seconds` and its `cpu_seconds` (user + system time of this process and of the child
+processes it waited for: far less sensitive than wall time to other work on the machine).
 `run_stages` skips a stage whose outputs all exist and whose stamp matches; a changed
 config, or any rerun upstream, reruns everything downstream. `force` reruns the stages
 named (or all).
@@ -22,9 +24,9 @@ Example:
 ...           Stage("count", {}, run_count, after=("data",))]
 >>> run_stages(stages, "runs/demo")
 [data] running from runs/demo/configs/data.json
-[data] done in ... s
+[data] done in ... s (... s CPU)
 [count] running from runs/demo/configs/count.json
-[count] done in ... s
+[count] done in ... s (... s CPU)
 {'data': {'lines': 3}, 'count': {'words': 6}}
 >>> summaries = run_stages(stages, "runs/demo")  # nothing changed: both skipped
 [data] up to date, skipped (runs/demo/configs/data.json)
@@ -34,6 +36,7 @@ Example:
 import dataclasses
 import hashlib
 import json
+import resource
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -58,6 +61,13 @@ class Stage:
     run: Callable[[Path], dict]
     outputs: tuple[str, ...] = ()
     after: tuple[str, ...] = ()
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its waited-for children so far."""
+    own, children = (resource.getrusage(who) for who in
+                     (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))  # fmt: skip
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _write_json(path: Path, value) -> None:
@@ -111,9 +121,9 @@ def run_stages(
             continue
         log(f"[{stage.name}] running from {config_path}")
         stamp_path.unlink(missing_ok=True)  # a failed run leaves no stale stamp behind
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), cpu_seconds()
         summary = stage.run(config_path)
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
         absent = [str(p) for p in outputs if not p.exists()]
         if absent:
             raise RuntimeError(f"Stage {stage.name!r} finished without writing {absent}.")
@@ -121,9 +131,10 @@ def run_stages(
             "hash": hashes[stage.name],
             "finished": time.time(),
             "seconds": seconds,
+            "cpu_seconds": cpu,
             "summary": summary,
         }
         _write_json(stamp_path, stamp)
-        log(f"[{stage.name}] done in {seconds:.1f} s")
+        log(f"[{stage.name}] done in {seconds:.1f} s ({cpu:.1f} s CPU)")
         stamps[stage.name], summaries[stage.name] = stamp, summary
     return summaries

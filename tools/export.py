@@ -4,6 +4,7 @@ Writes `<base>/<name>/<version>/` (TensorFlow Serving layout) with task signatur
 (`classify`, `tag`, `fill_mask`, `embed`, `generate`, `generate_with_options`), the
 tokenizer files in `assets/tokenizer/` and `assets.extra/tf_serving_warmup_requests`,
 after checking the export in a fresh process. Loading it needs `import tensorflow_text`.
+A line is printed as each phase ends (traced, written, validated), with its seconds.
 
 Examples:
     python -m tools.export runs/sentiment --base exports
@@ -12,9 +13,11 @@ Examples:
 """
 
 import argparse
+import functools
 import json
 
 from export.saved_model import export_saved_model
+from tfllm.progress import report_phase
 
 
 def main(argv=None) -> str:
@@ -42,6 +45,7 @@ def main(argv=None) -> str:
         max_new_tokens=args.max_new_tokens,
         sampler=sampler,
         validate=not args.no_validate,
+        report=functools.partial(report_phase, "export"),
     )
     print(path)
     return str(path)

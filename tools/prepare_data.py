@@ -7,15 +7,18 @@ The config is a JSON object of `pipelines.prepare.PrepareConfig` fields, e.g.
 `{"inputs": ["corpus/"], "output": "data/prepared", "clean": {"languages": ["en"]}}`;
 `--key=value` overrides one field (the value is JSON, or else a string). `--runner` picks
 the Beam runner (DirectRunner, FlinkRunner, SparkRunner, DataflowRunner); `--workers N`
-runs the local runner in N processes. Anything after `--` goes to Beam unchanged.
+runs the local runner in N processes. Anything after `--` goes to Beam unchanged. A line
+is printed as each phase ends (collected, cleaned, deduplicated, sharded: count, seconds).
 """
 
 import argparse
+import functools
 import json
 import logging
 import sys
 
 from pipelines.prepare import PrepareConfig, run_prepare
+from tfllm.progress import report_phase
 
 
 def parse_overrides(values: dict, overrides: list[str]) -> dict:
@@ -55,7 +58,8 @@ def main(argv=None) -> dict:
             values = json.load(f)
     config = PrepareConfig.from_dict(parse_overrides(values, overrides))
     print(f"prepare: {len(config.inputs)} input(s) -> {config.output} on {args.runner}")
-    counters = run_prepare(config, beam_arguments(args.runner, args.workers, extra))
+    report = functools.partial(report_phase, "prepare")
+    counters = run_prepare(config, beam_arguments(args.runner, args.workers, extra), report)
     for name, value in counters.items():
         print(f"{name:28s} {value}")
     print(f"report: {config.output}/report/report.html")
