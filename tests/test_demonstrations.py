@@ -343,3 +343,11 @@ def test_minilm_encoder_equals_numpy_mean_pooling(tmp_path):
     np.testing.assert_allclose(got, want, atol=2e-5)
     selector = KNNSelector(backbone, texts[2:], tokenizer=tokenizer, cache_dir=tmp_path)
     assert selector.select(texts[:2], 1) == [[0], [1]]  # the paraphrase of each
+
+
+def test_bm25s_records_follow_the_users_logging_levels():
+    import logging
+
+    import tfllm.demonstrations.selectors  # noqa: F401  (imports bm25s)
+
+    assert logging.getLogger("bm25s").getEffectiveLevel() == logging.getLogger().level

@@ -35,7 +35,8 @@ def run_sft(path: Path) -> dict:
 
 def run_tune(path: Path) -> dict:
     """The search, then the untuned configuration (the RunConfig defaults) trained the same
-    way, whose score the search must beat."""
+    way, whose score the search must beat. The stage runs only when its outputs are missing
+    or its config changed, so the search starts over (`--overwrite`) rather than resume."""
     config = json.loads(path.read_text())
     base = path.parent / "tune_base.json"
     atomic_write(base, json.dumps(config["base"], indent=1))

@@ -84,7 +84,7 @@ def build(root: Path, size: str = "small", language: str = "en") -> list[Stage]:
            "learning_rate": 3e-4, "validation_steps": 4}  # fmt: skip
     search = {**finetune, "name": "search", "steps": n["trial_steps"],
               "log_every": n["trial_steps"],
-              "search_space": {"learning_rate": {"min": 2e-5, "max": 1e-4, "sampling": "log"},
+              "search_space": {"learning_rate": {"min": 1e-4, "max": 4e-4, "sampling": "log"},
                                "dropout": [0.0, 0.1]}}  # fmt: skip
     evaluated = ("gpt", "bert", "classifier", "sft")
     return [
@@ -118,7 +118,7 @@ def build(root: Path, size: str = "small", language: str = "en") -> list[Stage]:
               after=("gpt",)),
         Stage("tune", {"argv": ["--directory", str(root / "tuning"), "--config",
                                 str(root / "configs" / "tune_base.json"), "--objective",
-                                "val_accuracy", "--max_trials", str(n["trials"])],
+                                "val_accuracy", "--max_trials", str(n["trials"]), "--overwrite"],
                        "base": search},
               demo_runs.run_tune, outputs=("tuning/trials.md", "tuning/objective.png",
                               "tuning/best_config.json")),

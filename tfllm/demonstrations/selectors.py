@@ -24,6 +24,7 @@ Example:
 [[2, 0]]
 """
 
+import logging
 from collections.abc import Sequence
 
 import bm25s
@@ -36,6 +37,11 @@ from tfllm.demonstrations.embeddings import (
     encode,
     top_k_similar,
 )
+
+# bm25s sets its logger to DEBUG at import, which overrides the user's levels for its
+# records (its index building logs at DEBUG); back to a library logger's default: inherit.
+if logging.getLogger("bm25s").level == logging.DEBUG:
+    logging.getLogger("bm25s").setLevel(logging.NOTSET)
 
 ORDERS = ("similar_last", "retrieved")
 
