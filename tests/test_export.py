@@ -159,8 +159,8 @@ def test_serving_layout_assets_warmup_and_saved_model_cli(classifier_export, tok
 
 
 def test_the_tool_prints_a_plain_line_per_phase_with_seconds(classifier_export):
-    _, path, _, printed = classifier_export
-    assert "\r" not in printed and printed.splitlines()[-1] == str(path)
+    _, path, base, printed = classifier_export  # exported to a relative base path
+    assert "\r" not in printed and printed.splitlines()[-1] == str(path.relative_to(base.parent))
     lines = printed.splitlines()[:-1]
     phases = [re.fullmatch(r"export: (.+)  signatures 2  (\d+\.\d) s", line) for line in lines]
     assert [m[1] for m in phases] == ["traced", "written", "validated in a fresh process"]
