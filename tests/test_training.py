@@ -387,3 +387,11 @@ def test_a_checkpoint_without_dropout_state_still_resumes(tmp_path):
     tf.train.CheckpointManager(old, str(tmp_path / "checkpoints"), 2).save(checkpoint_number=0)
     trainer.fit(train_tiny.dataset_fn)
     assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-4")
+
+
+def test_the_keras_optimizer_hooks_tfllm_overrides_still_exist():
+    """`ClipReducedGradients` and `LayerwiseLearningRates` override private Keras hooks: if
+    Keras renames them, the overrides would silently stop applying."""
+    for hook in ("_clip_gradients", "_all_reduce_sum_gradients", "_apply_weight_decay"):
+        assert callable(getattr(keras.optimizers.AdamW, hook, None)), hook
+        assert callable(getattr(keras.optimizers.Lamb, hook, None)), hook

@@ -181,9 +181,8 @@ class CausalLMPreprocessor(Preprocessor):
         roles, contents, batched = _conversations(x)
         ids, _ = conversation_ids(self.tokenizer, self.template, roles, contents, self.end_token_id)
         ids = self._with_assistant_prefix(ids)
-        keep = length - int(self.add_bos)  # the last `keep` tokens
-        positions = tf.ragged.range(ids.row_lengths())
-        ids = tf.ragged.boolean_mask(ids, positions >= (ids.row_lengths() - keep)[:, None])
+        keep = length - int(self.add_bos)  # the last `keep` tokens of each row
+        ids = ids[:, -keep:] if keep else ids[:, :0]
         if self.add_bos:
             ids = tf.concat([self._column(ids.nrows(), self.bos_token_id), ids], axis=1)
         token_ids, padding_mask = pad(ids, length, self.pad_token_id)
