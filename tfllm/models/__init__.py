@@ -3,6 +3,7 @@
 from tfllm.models.bert import BertBackbone
 from tfllm.models.causal_lm import CausalLM
 from tfllm.models.gpt import GPTBackbone
+from tfllm.models.gpt_classifier import GPTClassifier
 from tfllm.models.presets import PRESETS
 from tfllm.models.task import Task
 from tfllm.models.tasks import BertPretrainer, MaskedLM, TextClassifier, TokenClassifier
@@ -14,6 +15,7 @@ __all__ = [
     "BertPretrainer",
     "CausalLM",
     "GPTBackbone",
+    "GPTClassifier",
     "MaskedLM",
     "TextClassifier",
     "TokenClassifier",

@@ -8,6 +8,7 @@ from tfllm.preprocessing.base import Preprocessor
 from tfllm.preprocessing.bert import BertPreprocessor, MaskedLMPreprocessor
 from tfllm.preprocessing.causal_lm import CausalLMPreprocessor, pack_documents
 from tfllm.preprocessing.chat import ChatTemplate
+from tfllm.preprocessing.gpt_classifier import GPTClassifierPreprocessor
 from tfllm.preprocessing.nsp import nsp_pairs
 from tfllm.preprocessing.token_classification import TokenClassificationPreprocessor
 
@@ -15,6 +16,7 @@ __all__ = [
     "BertPreprocessor",
     "CausalLMPreprocessor",
     "ChatTemplate",
+    "GPTClassifierPreprocessor",
     "MaskedLMPreprocessor",
     "Preprocessor",
     "TokenClassificationPreprocessor",
