@@ -99,8 +99,12 @@ def classifier(args) -> GPTClassifier:
 
 
 def classifier_score(model: GPTClassifier, test: list) -> dict:
-    logits = model.predict([t for t, _ in test], batch_size=64, verbose=0)
-    return {"classifier": float(np.mean(np.argmax(logits, axis=1) == [y for _, y in test]))}
+    """Accuracy of the classifier's argmax, and its share of `positive` predictions."""
+    predicted = np.argmax(model.predict([t for t, _ in test], batch_size=64, verbose=0), axis=1)
+    return {
+        "classifier": float(np.mean(predicted == [y for _, y in test])),
+        "positive": float(np.mean(predicted == 1)),
+    }
 
 
 def fine_tune(args, train: list, rank: int | None, as_classifier: bool = False):
@@ -154,6 +158,10 @@ def run(args, command: str) -> None:
         rows.append([name, *trained, *cells])
         if "examples" in scores:
             notes.append(f"{name}: first answers {scores['examples']}")
+        else:
+            notes.append(
+                f"{name}: predicts `positive` for {scores['positive']:.3f} of the test snippets"
+            )
     table = markdown_table(
         ["model", "trainable params", "ms/step", "fit s", "loss (pass mean)", "generated: accuracy",
          "generated: a label word", "label-word scoring: accuracy", "classifier: accuracy"], rows,
