@@ -4,8 +4,13 @@ import keras
 from keras import ops
 
 from tfllm.models.gpt import GPTBackbone
-from tfllm.models.task import Task, check_backbone
-from tfllm.models.tasks import _check_classes, _check_dropout, _classification_head
+from tfllm.models.task import (
+    Task,
+    check_backbone,
+    check_classes,
+    check_dropout,
+    classification_head,
+)
 from tfllm.preprocessing import GPTClassifierPreprocessor
 
 POOLINGS = ("last", "mean")
@@ -61,8 +66,8 @@ class GPTClassifier(Task):
         **kwargs,
     ):
         check_backbone("GPTClassifier", backbone, GPTBackbone)
-        _check_classes("num_classes", num_classes)
-        _check_dropout(dropout)
+        check_classes("num_classes", num_classes)
+        check_dropout(dropout)
         if pooling not in POOLINGS:
             raise ValueError(f"`pooling` must be 'last' or 'mean'. Received: {pooling!r}")
         inputs = {
@@ -82,7 +87,7 @@ class GPTClassifier(Task):
             weights = ops.cast(mask, sequence.dtype)[:, :, None]  # (B, T, 1)
             count = ops.maximum(ops.sum(weights, axis=1), 1.0)  # (B, 1)
             pooled = ops.sum(sequence * weights, axis=1) / count
-        output_dropout, output_dense = _classification_head(backbone, num_classes, dropout)
+        output_dropout, output_dense = classification_head(backbone, num_classes, dropout)
         super().__init__(
             inputs=inputs,
             outputs=output_dense(output_dropout(pooled)),

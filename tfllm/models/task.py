@@ -21,6 +21,7 @@ import warnings
 import keras
 import tensorflow as tf
 
+from tfllm.layers import Dropout
 from tfllm.losses import SparseCategoricalCrossentropy
 from tfllm.models.preset_io import read_preset, save_preset
 from tfllm.models.presets import PRESETS
@@ -40,6 +41,31 @@ def check_backbone(task: str, backbone, expected) -> None:
             f"`backbone` of a {task} must be a tfllm {expected.__name__}. "
             f"Received: {type(backbone).__name__}"
         )
+
+
+def check_classes(argument: str, value) -> None:
+    """`ValueError` unless `value` (argument `argument`) is an int >= 2."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+        raise ValueError(f"`{argument}` must be an int >= 2. Received: {value!r}")
+
+
+def check_dropout(dropout) -> None:
+    """`ValueError` unless `dropout` is a float in [0, 1)."""
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ValueError(f"`dropout` must be a float in [0, 1). Received: {dropout!r}")
+
+
+def classification_head(backbone, units: int, dropout: float):
+    """`(output_dropout, logits)`: the `Dropout` and `Dense(units)` of a classifier's head."""
+    kwargs = dict(dtype=backbone.dtype_policy)
+    output_dropout = Dropout(dropout, name="output_dropout", **kwargs)
+    output_dense = keras.layers.Dense(
+        units,
+        kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+        name="logits",
+        **kwargs,
+    )
+    return output_dropout, output_dense
 
 
 class Task(keras.Model):

@@ -11,9 +11,15 @@ import logging
 import keras
 from keras import ops
 
-from tfllm.layers import Dropout, MaskedLMHead
+from tfllm.layers import MaskedLMHead
 from tfllm.models.bert import BertBackbone
-from tfllm.models.task import Task, check_backbone
+from tfllm.models.task import (
+    Task,
+    check_backbone,
+    check_classes,
+    check_dropout,
+    classification_head,
+)
 from tfllm.preprocessing import (
     BertPreprocessor,
     MaskedLMPreprocessor,
@@ -168,28 +174,6 @@ class BertPretrainer(Task):
         return {"weighted_metrics": {"mlm": [accuracy("accuracy")], "nsp": [accuracy("accuracy")]}}
 
 
-def _check_classes(argument: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
-        raise ValueError(f"`{argument}` must be an int >= 2. Received: {value!r}")
-
-
-def _check_dropout(dropout) -> None:
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise ValueError(f"`dropout` must be a float in [0, 1). Received: {dropout!r}")
-
-
-def _classification_head(backbone, units: int, dropout: float):
-    kwargs = dict(dtype=backbone.dtype_policy)
-    output_dropout = Dropout(dropout, name="output_dropout", **kwargs)
-    output_dense = keras.layers.Dense(
-        units,
-        kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
-        name="logits",
-        **kwargs,
-    )
-    return output_dropout, output_dense
-
-
 @keras.saving.register_keras_serializable(package="tfllm")
 class TextClassifier(Task):
     """Sentence (or sentence-pair) classification: `BertBackbone` + pooling + `Dense`.
@@ -238,8 +222,8 @@ class TextClassifier(Task):
         **kwargs,
     ):
         check_backbone("TextClassifier", backbone, BertBackbone)
-        _check_classes("num_classes", num_classes)
-        _check_dropout(dropout)
+        check_classes("num_classes", num_classes)
+        check_dropout(dropout)
         if pooling not in ("cls", "mean"):
             raise ValueError(f"`pooling` must be 'cls' or 'mean'. Received: {pooling!r}")
         inputs = dict(backbone.input)
@@ -251,7 +235,7 @@ class TextClassifier(Task):
             mask = ops.cast(inputs["padding_mask"], sequence.dtype)[:, :, None]
             count = ops.maximum(ops.sum(mask, axis=1), 1.0)  # (B, 1)
             pooled = ops.sum(sequence * mask, axis=1) / count
-        output_dropout, output_dense = _classification_head(backbone, num_classes, dropout)
+        output_dropout, output_dense = classification_head(backbone, num_classes, dropout)
         super().__init__(
             inputs=inputs,
             outputs=output_dense(output_dropout(pooled)),
@@ -327,8 +311,8 @@ class TokenClassifier(Task):
         **kwargs,
     ):
         check_backbone("TokenClassifier", backbone, BertBackbone)
-        _check_classes("num_labels", num_labels)
-        _check_dropout(dropout)
+        check_classes("num_labels", num_labels)
+        check_dropout(dropout)
         names = getattr(preprocessor, "label_names", None)
         if names is not None and len(names) != num_labels:
             raise ValueError(
@@ -337,7 +321,7 @@ class TokenClassifier(Task):
             )
         inputs = dict(backbone.input)
         sequence = backbone(inputs)["sequence_output"]  # (B, T, d)
-        output_dropout, output_dense = _classification_head(backbone, num_labels, dropout)
+        output_dropout, output_dense = classification_head(backbone, num_labels, dropout)
         super().__init__(
             inputs=inputs,
             outputs=output_dense(output_dropout(sequence)),
