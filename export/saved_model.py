@@ -14,9 +14,9 @@ A process that loads the export needs only TensorFlow and tensorflow-text, and m
 `import tensorflow_text` first (it registers the tokenizer ops).
 
 Signatures by model: `TextClassifier` -> `classify` (default), `embed`;
-`TokenClassifier` -> `tag` (default), `embed`; `MaskedLM` / `BertPretrainer` ->
-`fill_mask` (default), `embed`; `BertBackbone` -> `embed`; `CausalLM` -> `generate`
-(default), `generate_with_options`.
+`GPTClassifier` -> `classify`; `TokenClassifier` -> `tag` (default), `embed`;
+`MaskedLM` / `BertPretrainer` -> `fill_mask` (default), `embed`; `BertBackbone` ->
+`embed`; `CausalLM` -> `generate` (default), `generate_with_options`.
 """
 
 import json
@@ -40,11 +40,16 @@ from tfllm.models import (
     BertBackbone,
     BertPretrainer,
     CausalLM,
+    GPTClassifier,
     MaskedLM,
     TextClassifier,
     TokenClassifier,
 )
-from tfllm.preprocessing import BertPreprocessor, TokenClassificationPreprocessor
+from tfllm.preprocessing import (
+    BertPreprocessor,
+    GPTClassifierPreprocessor,
+    TokenClassificationPreprocessor,
+)
 from tfllm.preprocessing.base import special_token_id
 from tfllm.tokenizers import Tokenizer, load_tokenizer, save_tokenizer
 
@@ -114,15 +119,20 @@ def build_endpoints(
             model, tokenizer, max_new_tokens, sampler, stop_token_ids, start_id, preprocessor
         )
     backbone = model if isinstance(model, BertBackbone) else getattr(model, "backbone", None)
-    if not isinstance(backbone, BertBackbone):
+    if isinstance(model, GPTClassifier):
+        attached = model.preprocessor  # its BOS / EOS settings, as `predict` writes texts
+        flags = {} if attached is None else dict(add_bos=attached.add_bos, add_eos=attached.add_eos)
+        preprocessor = GPTClassifierPreprocessor(tokenizer, sequence_length, **flags)
+    elif isinstance(backbone, BertBackbone):
+        preprocessor = BertPreprocessor(tokenizer, sequence_length)
+    else:
         raise TypeError(
             "`run_or_model` must be a run folder or a tfllm CausalLM, TextClassifier, "
-            f"TokenClassifier, MaskedLM, BertPretrainer or BertBackbone. Received: "
-            f"{type(model).__name__}"
+            f"GPTClassifier, TokenClassifier, MaskedLM, BertPretrainer or BertBackbone. "
+            f"Received: {type(model).__name__}"
         )
-    preprocessor = BertPreprocessor(tokenizer, sequence_length)
     endpoints = {}
-    if isinstance(model, TextClassifier):
+    if isinstance(model, (TextClassifier, GPTClassifier)):
         names = _label_names(label_names, model.num_classes)
         endpoints["classify"] = signatures.classify_endpoint(model, preprocessor, names)
     elif isinstance(model, TokenClassifier):
@@ -131,7 +141,8 @@ def build_endpoints(
         endpoints["tag"] = signatures.tag_endpoint(model, tagger)
     elif isinstance(model, (MaskedLM, BertPretrainer)):
         endpoints["fill_mask"] = signatures.fill_mask_endpoint(model, preprocessor, top_k)
-    endpoints["embed"] = signatures.embed_endpoint(backbone, preprocessor)
+    if isinstance(backbone, BertBackbone):
+        endpoints["embed"] = signatures.embed_endpoint(backbone, preprocessor)
     return endpoints
 
 
@@ -197,8 +208,9 @@ def export_saved_model(
         version: positive int; defaults to the next free version.
         tokenizer: the model's tokenizer (in-memory models only); a preprocessor's
             `.tokenizer` will do. Default: that of the task's attached `preprocessor`.
-        sequence_length: input length of BERT models (in-memory models; defaults to the
-            attached preprocessor's, else `min(128, max_sequence_length)`).
+        sequence_length: input length of BERT models and `GPTClassifier` (in-memory
+            models; defaults to the attached preprocessor's, else
+            `min(128, max_sequence_length)`).
         label_names: class / tag names of classifiers (default `"0"`, `"1"`, ...).
         top_k: tokens returned per mask by `fill_mask`.
         max_new_tokens, sampler, stop_token_ids: the settings of `generate` (as in

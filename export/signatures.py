@@ -32,8 +32,12 @@ def _float32(x):
     return tf.cast(x, tf.float32)
 
 
-def classify_endpoint(model, preprocessor: BertPreprocessor, label_names):
-    """`classify(text)`: the most likely label of each text and all class probabilities."""
+def classify_endpoint(model, preprocessor, label_names):
+    """`classify(text)`: the most likely label of each text and all class probabilities.
+
+    `preprocessor` turns texts `(B,)` into `model`'s inputs (`BertPreprocessor` for a
+    `TextClassifier`, `GPTClassifierPreprocessor` for a `GPTClassifier`).
+    """
     names = tf.constant(list(label_names))
 
     def classify(text):

@@ -23,17 +23,23 @@ from tensorflow_serving.apis import prediction_log_pb2
 import tools.export
 from export import saved_model
 from export.saved_model import check_export, example_inputs, export_saved_model
+from tests.helpers import randomize_weights
 from tfllm.config import RunConfig
 from tfllm.generation import TopKSampler, TopPSampler, generate
 from tfllm.models import (
     BertBackbone,
     CausalLM,
     GPTBackbone,
+    GPTClassifier,
     MaskedLM,
     TextClassifier,
     TokenClassifier,
 )
-from tfllm.preprocessing import BertPreprocessor, TokenClassificationPreprocessor
+from tfllm.preprocessing import (
+    BertPreprocessor,
+    GPTClassifierPreprocessor,
+    TokenClassificationPreprocessor,
+)
 from tfllm.tokenizers import WordPieceTokenizer, save_tokenizer
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -175,6 +181,28 @@ def test_check_export_detects_a_difference(classifier_export, tokenizer):
     expected["probabilities"] = expected["probabilities"] + 1e-4
     with pytest.raises(ValueError, match="classify.probabilities: differs"):
         check_export(path, requests, {"classify": expected})
+
+
+def test_gpt_classifier_classify_matches_predict(tmp_path, tokenizer):
+    """The attached preprocessor's settings (no BOS, 8 tokens: the first text is cut) are
+    the export's; `predict` logits through a float64 softmax are the reference."""
+    keras.utils.set_random_seed(4)
+    backbone = GPTBackbone.from_preset(
+        "gpt_tiny", vocabulary_size=len(VOCABULARY), max_sequence_length=LENGTH, dropout=0.0
+    )
+    preprocessor = GPTClassifierPreprocessor(tokenizer, 8, add_bos=False)
+    model = GPTClassifier(backbone, len(LABELS), dropout=0.0, preprocessor=preprocessor)
+    randomize_weights(model.output_dense, seed=5)  # a head far from zero
+    path = export_saved_model(model, tmp_path, "gpt_sentiment", label_names=LABELS, validate=False)
+    assert sorted(load(path).signatures) == ["classify", "serving_default"]
+    out = call(path, "classify", text=TEXTS)
+    probabilities = softmax(model.predict(TEXTS, verbose=0).astype(np.float64))
+    np.testing.assert_allclose(out["probabilities"], probabilities, atol=1e-5)
+    assert out["label_ids"].tolist() == probabilities.argmax(-1).tolist()
+    assert [s.decode() for s in out["labels"]] == [LABELS[i] for i in probabilities.argmax(-1)]
+    assert out["classes"].astype(str).tolist() == [LABELS] * len(TEXTS)
+    default = call(path, "serving_default", text=TEXTS)
+    np.testing.assert_array_equal(default["probabilities"], out["probabilities"])
 
 
 def test_fill_mask_top_k_matches_numpy(tmp_path, tokenizer, bert):
