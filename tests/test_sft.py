@@ -109,6 +109,17 @@ def test_chat_template_renders_as_documented(tokenizer):
     assert np.asarray(prompt["token_ids"][0])[real].tolist() == [CLS, *USER, A, *ASSISTANT]
 
 
+def test_a_string_prompt_too_long_keeps_its_end(tokenizer):
+    """The tokens next to the answer (the assistant prefix) are kept, as for conversations."""
+    plain = CausalLMPreprocessor(tokenizer, 16)
+    x = as_lists(plain.generate_preprocess(["a b c d a b", "c"], sequence_length=4))
+    assert x["token_ids"] == [[CLS, D, A, B], [CLS, C, PAD, PAD]]
+    assert x["padding_mask"] == [[1, 1, 1, 1], [1, 1, 0, 0]]
+    chat = CausalLMPreprocessor(tokenizer, 16, chat_template=ChatTemplate())
+    x = as_lists(chat.generate_preprocess("a b c", sequence_length=8))  # 13 tokens + [CLS]
+    assert x["token_ids"] == [CLS, B, C, *ASSISTANT] and x["padding_mask"] == [1] * 8
+
+
 def test_prompt_response_pairs_are_user_and_assistant_messages(tokenizer):
     preprocessor = CausalLMPreprocessor(tokenizer, 16, chat_template=ChatTemplate())
     pair = preprocessor({"prompts": ["a"], "responses": ["b c"]})
