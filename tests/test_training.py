@@ -301,6 +301,14 @@ def test_train_and_test_steps_are_traced_once_and_validation_read_once(tmp_path)
     assert traces == {"train_step": 1, "test_step": 1}
     assert int(reads.numpy()) == 2  # the validation batches were cached after the first pass
     assert history["val_loss"][-1] == pytest.approx(trainer.evaluate(validation_fn, 2)["loss"])
+    # Other inputs of a layout (here global batches) share its trace, whatever their size.
+    ids = np.random.default_rng(1).integers(0, 1024, (11, train_tiny.LENGTH + 1), "int32")
+    x = {"token_ids": ids[:, :-1], "padding_mask": np.ones_like(ids[:, :-1])}
+    rows = tf.data.Dataset.from_tensor_slices((x, ids[:, 1:]))
+    for batch_size in (4, 3):  # last batches of 3 and 2 rows
+        trainer.evaluate(rows.batch(batch_size), steps=None)
+    assert traces == {"train_step": 1, "test_step": 2}
+    assert trainer._test_function.experimental_get_tracing_count() == 2
 
 
 def _counting(reads, checkpointable=True):
