@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipelines.sft import read_sft_jsonl
+from pipelines.sft import read_sft_jsonl, sft_dataset_fn
 from tests.test_presets import MERGES, byte_level_vocabulary, hf_gpt2_folder
 from tfllm.config import RunConfig
 from tfllm.losses import SparseCategoricalCrossentropy
@@ -165,6 +165,31 @@ def test_packed_examples_keep_their_weights(tokenizer):
     assert x2["token_ids"] == [CLS, B, C, SEP] + [PAD] * 5
     assert x2["segment_ids"] == [1, 1, 1, 1] + [0] * 5
     assert y2[:3] == [B, C, SEP] and w2 == [0, 1, 1] + [0] * 6
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_a_checkpointed_sft_iterator_resumes_with_the_same_batches(tokenizer, packed, tmp_path):
+    """Shuffled epochs of conversations: the position is saved (the Trainer used to warn
+    that it could not be) and a new pipeline restored from it goes on with the same batches."""
+    config = RunConfig(task="causal_lm_sft", init_from="gpt", train_files=("a.jsonl",),
+                       batch_size=2, sequence_length=12, seed=3, shuffle_buffer=3,
+                       packed=packed)  # fmt: skip
+    conversations = [[{"role": "user", "content": p}, {"role": "assistant", "content": r}]
+                     for p, r in PAIRS]  # fmt: skip
+
+    def batches():
+        preprocessor = CausalLMPreprocessor(tokenizer, 12, chat_template=ChatTemplate())
+        return iter(sft_dataset_fn(config, preprocessor, conversations)(
+            tf.distribute.InputContext()))  # fmt: skip
+
+    iterator = batches()
+    for _ in range(3):  # into the second epoch
+        next(iterator)
+    path = tf.train.Checkpoint(data=iterator).save(str(tmp_path / "ckpt" / "input"))
+    expected = [as_lists(next(iterator)) for _ in range(4)]
+    resumed = batches()
+    tf.train.Checkpoint(data=resumed).restore(path).assert_consumed()
+    assert [as_lists(next(resumed)) for _ in range(4)] == expected
 
 
 def test_pack_documents_carries_weights_across_windows():
