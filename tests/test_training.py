@@ -161,6 +161,34 @@ def test_unknown_strategy():
         make_strategy("horovod")
 
 
+def test_gradient_accumulation_equals_one_step_on_the_whole_batch(tmp_path):
+    """Two accumulated half batches (SGD, mean loss) move the weights as one full batch."""
+    x = np.random.default_rng(0).normal(size=(8, 3)).astype("float32")
+    y = x @ np.array([[1.0], [-2.0], [0.5]], "float32")
+    kernel = np.random.default_rng(1).normal(size=(3, 1))
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, use_bias=False)])
+    model.set_weights([kernel.astype("float32")])
+    model.compile(keras.optimizers.SGD(0.1, gradient_accumulation_steps=2), "mse")
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(4).repeat()
+    Trainer(model, tf.distribute.get_strategy(), tmp_path, steps=2, verbose=False).fit(data)
+    # By hand in float64: d/dw mean((xw - y)^2) = 2 x^T (xw - y) / n over all 8 rows.
+    expected = kernel - 0.1 * 2 * x.T.astype("float64") @ (x @ kernel - y) / 8
+    np.testing.assert_allclose(model.get_weights()[0], expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
+def test_gradient_accumulation_under_mirrored_strategy_fails_early(
+    tmp_path, mirrored_strategy, precision
+):
+    keras.config.set_dtype_policy(precision)  # mixed_float16: a LossScaleOptimizer
+    model = train_tiny.build(mirrored_strategy, 4, gradient_accumulation_steps=2)
+    with pytest.raises(ValueError, match="`gradient_accumulation_steps=2` is not supported with "
+                                         "MirroredStrategy"):  # fmt: skip
+        Trainer(model, mirrored_strategy, tmp_path, steps=4)
+    with pytest.raises(ValueError, match="with `strategy=mirrored`"):
+        RunConfig(strategy="mirrored", gradient_accumulation_steps=2)
+
+
 def test_trainer_logs_checkpoints_and_validation(tmp_path):
     strategy = tf.distribute.get_strategy()
     model = train_tiny.build(strategy, total_steps=6)

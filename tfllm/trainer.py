@@ -52,7 +52,9 @@ class Trainer:
     same `run_dir` resumes: same step, same data position, same history and best score.
 
     Args:
-        model: a model built and compiled under `strategy.scope()`.
+        model: a model built and compiled under `strategy.scope()`. Its optimizer's
+            gradient accumulation is refused under `MirroredStrategy` and
+            `MultiWorkerMirroredStrategy` (Keras cannot apply it there).
         strategy: the `tf.distribute.Strategy` it was built under.
         run_dir: output folder of the run.
         steps: total optimizer steps (batches) of the run.
@@ -97,6 +99,17 @@ class Trainer:
             raise ValueError(f"`patience` must be an integer >= 0. Received: {patience!r}")
         if patience and not monitor:
             raise ValueError(f"`patience` ({patience}) needs a `monitor`.")
+        optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # loss scaling
+        accumulation = optimizer.gradient_accumulation_steps
+        synchronized = (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy)
+        if accumulation and isinstance(strategy, synchronized):
+            # Keras applies the accumulated gradients in a `cond` whose branches update
+            # mirrored variables by `merge_call`, which these strategies refuse there.
+            raise ValueError(
+                f"The optimizer's `gradient_accumulation_steps={accumulation}` is not supported "
+                f"with {type(strategy).__name__}: accumulate no gradients and raise the "
+                "batch size, or train without a distribution strategy."
+            )
         self.model = model
         self.strategy = strategy
         self.run_dir = Path(run_dir)
