@@ -358,12 +358,13 @@ def _counting(reads, checkpointable=True):
     return dataset_fn
 
 
-def _killed_and_whole(tmp_path, strategy, dataset_fn, reads):
-    """Weights after 8 steps in one go, and after 4 (a kill after that checkpoint) + 4."""
+def _killed_and_whole(tmp_path, strategy, dataset_fn, reads, **changes):
+    """Weights after 8 steps in one go, and after 4 (a kill after that checkpoint) + 4;
+    `changes` go to the optimizer's `RunConfig`."""
     weights = {}
     for name, stops in (("whole", [8]), ("resumed", [4, 8])):
         for steps in stops:
-            model = train_tiny.build(strategy, total_steps=8)  # the schedule of 8 steps
+            model = train_tiny.build(strategy, total_steps=8, **changes)  # a schedule of 8
             reads.assign(0)
             trainer = Trainer(model, strategy, tmp_path / name, steps=steps, checkpoint_every=4,
                               log_every=4, verbose=False)  # fmt: skip
@@ -380,6 +381,18 @@ def test_resume_restores_the_input_position(tmp_path, mirrored_strategy, distrib
     assert (tmp_path / "resumed" / "checkpoints" / "input-0" / "ckpt-4.index").exists()
     # The resumed run read its 4 steps only (a batch for each replica a step), not 8.
     assert int(reads.numpy()) == 4 * strategy.num_replicas_in_sync
+    assert _max_diff(weights["whole"], weights["resumed"]) == 0.0
+
+
+def test_a_run_with_gradient_accumulation_resumes_at_its_step(tmp_path):
+    """The optimizer's `iterations` counts updates (every 2nd step here), not steps."""
+    strategy = tf.distribute.get_strategy()
+    reads = tf.Variable(0, dtype=tf.int64)
+    dataset_fn = _counting(reads)
+    weights = _killed_and_whole(
+        tmp_path, strategy, dataset_fn, reads, gradient_accumulation_steps=2
+    )
+    assert int(reads.numpy()) == 4  # the resumed run's 4 steps
     assert _max_diff(weights["whole"], weights["resumed"]) == 0.0
 
 

@@ -190,7 +190,9 @@ class Trainer:
         self._build(dataset)
         if latest:  # resume: weights and optimizer step, then the data position
             checkpoint.restore(latest).assert_existing_objects_matched()
-        step = int(self.model.optimizer.iterations.numpy())
+        # A checkpoint is numbered by its step (batch); the optimizer's `iterations` counts
+        # updates, fewer with gradient accumulation.
+        step = int(latest.rsplit("-", 1)[1]) if latest else int(self.model.optimizer.iterations)
         history = self._history_until(step) if latest else {"step": []}
         inputs = ReplicaInput(self.strategy, dataset)
         iterator, input_manager = self._input_at(inputs, step)
