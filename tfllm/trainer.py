@@ -192,7 +192,11 @@ class Trainer:
             checkpoint.restore(latest).assert_existing_objects_matched()
         # A checkpoint is numbered by its step (batch); the optimizer's `iterations` counts
         # updates, fewer with gradient accumulation.
-        step = int(latest.rsplit("-", 1)[1]) if latest else int(self.model.optimizer.iterations)
+        step = (
+            int(latest.rsplit("-", 1)[1])
+            if latest
+            else int(self.model.optimizer.iterations.numpy())
+        )
         history = self._history_until(step) if latest else {"step": []}
         inputs = ReplicaInput(self.strategy, dataset)
         iterator, input_manager = self._input_at(inputs, step)
