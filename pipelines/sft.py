@@ -123,6 +123,11 @@ def sft_dataset_fn(
         else:
             batches = examples.ragged_batch(batch_size, drop_remainder=training)
             batches = batches.map(preprocessor, num_parallel_calls=tf.data.AUTOTUNE)
-        return batches.prefetch(tf.data.AUTOTUNE)
+        # The iterator can be checkpointed (`tfllm.trainer.Trainer` saves its position):
+        # the state outside it is the per-epoch shuffles' seed generators (each epoch is
+        # seeded by its number) and the tokenizer's constant tables.
+        options = tf.data.Options()
+        options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
+        return batches.with_options(options).prefetch(tf.data.AUTOTUNE)
 
     return dataset_fn

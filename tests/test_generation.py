@@ -165,6 +165,22 @@ def test_greedy_picks_the_argmax_chain():
             last = token
 
 
+def test_one_trace_decodes_any_number_of_new_tokens():
+    """The number of new tokens is an input of the decoding graph, not part of its trace:
+    batches whose prompts leave different room (an evaluation's) do not retrace it."""
+    probs = random_table()
+    chain = [2]
+    for _ in range(5):
+        chain.append(int(probs[chain[-1]].argmax()))
+    model = TableLM(probs)
+    for sampler in ("greedy", BeamSampler(2)):
+        for n in (3, 5, 2):
+            tokens = generate(model, [[2]], n, sampler, jit_compile=False)[0]
+            assert tokens == chain[1 : n + 1] if sampler == "greedy" else len(tokens) == n
+        decoder = generation._decoder(model, get_sampler(sampler), (), False, 1)
+        assert decoder.experimental_get_tracing_count() == 1
+
+
 def test_random_sampler_follows_the_distribution():
     probs = random_table()
     out = generate(TableLM(probs), [[2]] * 4000, 1, sampler="random", seed=0)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipelines.sft import read_sft_jsonl
+from pipelines.sft import read_sft_jsonl, sft_dataset_fn
 from tests.test_presets import MERGES, byte_level_vocabulary, hf_gpt2_folder
 from tfllm.config import RunConfig
 from tfllm.losses import SparseCategoricalCrossentropy
@@ -109,6 +109,17 @@ def test_chat_template_renders_as_documented(tokenizer):
     assert np.asarray(prompt["token_ids"][0])[real].tolist() == [CLS, *USER, A, *ASSISTANT]
 
 
+def test_a_string_prompt_too_long_keeps_its_end(tokenizer):
+    """The tokens next to the answer (the assistant prefix) are kept, as for conversations."""
+    plain = CausalLMPreprocessor(tokenizer, 16)
+    x = as_lists(plain.generate_preprocess(["a b c d a b", "c"], sequence_length=4))
+    assert x["token_ids"] == [[CLS, D, A, B], [CLS, C, PAD, PAD]]
+    assert x["padding_mask"] == [[1, 1, 1, 1], [1, 1, 0, 0]]
+    chat = CausalLMPreprocessor(tokenizer, 16, chat_template=ChatTemplate())
+    x = as_lists(chat.generate_preprocess("a b c", sequence_length=8))  # 13 tokens + [CLS]
+    assert x["token_ids"] == [CLS, B, C, *ASSISTANT] and x["padding_mask"] == [1] * 8
+
+
 def test_prompt_response_pairs_are_user_and_assistant_messages(tokenizer):
     preprocessor = CausalLMPreprocessor(tokenizer, 16, chat_template=ChatTemplate())
     pair = preprocessor({"prompts": ["a"], "responses": ["b c"]})
@@ -154,6 +165,31 @@ def test_packed_examples_keep_their_weights(tokenizer):
     assert x2["token_ids"] == [CLS, B, C, SEP] + [PAD] * 5
     assert x2["segment_ids"] == [1, 1, 1, 1] + [0] * 5
     assert y2[:3] == [B, C, SEP] and w2 == [0, 1, 1] + [0] * 6
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_a_checkpointed_sft_iterator_resumes_with_the_same_batches(tokenizer, packed, tmp_path):
+    """Shuffled epochs of conversations: the position is saved (the Trainer used to warn
+    that it could not be) and a new pipeline restored from it goes on with the same batches."""
+    config = RunConfig(task="causal_lm_sft", init_from="gpt", train_files=("a.jsonl",),
+                       batch_size=2, sequence_length=12, seed=3, shuffle_buffer=3,
+                       packed=packed)  # fmt: skip
+    conversations = [[{"role": "user", "content": p}, {"role": "assistant", "content": r}]
+                     for p, r in PAIRS]  # fmt: skip
+
+    def batches():
+        preprocessor = CausalLMPreprocessor(tokenizer, 12, chat_template=ChatTemplate())
+        return iter(sft_dataset_fn(config, preprocessor, conversations)(
+            tf.distribute.InputContext()))  # fmt: skip
+
+    iterator = batches()
+    for _ in range(3):  # into the second epoch
+        next(iterator)
+    path = tf.train.Checkpoint(data=iterator).save(str(tmp_path / "ckpt" / "input"))
+    expected = [as_lists(next(iterator)) for _ in range(4)]
+    resumed = batches()
+    tf.train.Checkpoint(data=resumed).restore(path).assert_consumed()
+    assert [as_lists(next(resumed)) for _ in range(4)] == expected
 
 
 def test_pack_documents_carries_weights_across_windows():

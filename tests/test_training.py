@@ -161,6 +161,34 @@ def test_unknown_strategy():
         make_strategy("horovod")
 
 
+def test_gradient_accumulation_equals_one_step_on_the_whole_batch(tmp_path):
+    """Two accumulated half batches (SGD, mean loss) move the weights as one full batch."""
+    x = np.random.default_rng(0).normal(size=(8, 3)).astype("float32")
+    y = x @ np.array([[1.0], [-2.0], [0.5]], "float32")
+    kernel = np.random.default_rng(1).normal(size=(3, 1))
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, use_bias=False)])
+    model.set_weights([kernel.astype("float32")])
+    model.compile(keras.optimizers.SGD(0.1, gradient_accumulation_steps=2), "mse")
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(4).repeat()
+    Trainer(model, tf.distribute.get_strategy(), tmp_path, steps=2, verbose=False).fit(data)
+    # By hand in float64: d/dw mean((xw - y)^2) = 2 x^T (xw - y) / n over all 8 rows.
+    expected = kernel - 0.1 * 2 * x.T.astype("float64") @ (x @ kernel - y) / 8
+    np.testing.assert_allclose(model.get_weights()[0], expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
+def test_gradient_accumulation_under_mirrored_strategy_fails_early(
+    tmp_path, mirrored_strategy, precision
+):
+    keras.config.set_dtype_policy(precision)  # mixed_float16: a LossScaleOptimizer
+    model = train_tiny.build(mirrored_strategy, 4, gradient_accumulation_steps=2)
+    with pytest.raises(ValueError, match="`gradient_accumulation_steps=2` is not supported with "
+                                         "MirroredStrategy"):  # fmt: skip
+        Trainer(model, mirrored_strategy, tmp_path, steps=4)
+    with pytest.raises(ValueError, match="with `strategy=mirrored`"):
+        RunConfig(strategy="mirrored", gradient_accumulation_steps=2)
+
+
 def test_trainer_logs_checkpoints_and_validation(tmp_path):
     strategy = tf.distribute.get_strategy()
     model = train_tiny.build(strategy, total_steps=6)
@@ -301,6 +329,14 @@ def test_train_and_test_steps_are_traced_once_and_validation_read_once(tmp_path)
     assert traces == {"train_step": 1, "test_step": 1}
     assert int(reads.numpy()) == 2  # the validation batches were cached after the first pass
     assert history["val_loss"][-1] == pytest.approx(trainer.evaluate(validation_fn, 2)["loss"])
+    # Other inputs of a layout (here global batches) share its trace, whatever their size.
+    ids = np.random.default_rng(1).integers(0, 1024, (11, train_tiny.LENGTH + 1), "int32")
+    x = {"token_ids": ids[:, :-1], "padding_mask": np.ones_like(ids[:, :-1])}
+    rows = tf.data.Dataset.from_tensor_slices((x, ids[:, 1:]))
+    for batch_size in (4, 3):  # last batches of 3 and 2 rows
+        trainer.evaluate(rows.batch(batch_size), steps=None)
+    assert traces == {"train_step": 1, "test_step": 2}
+    assert trainer._test_function.experimental_get_tracing_count() == 2
 
 
 def _counting(reads, checkpointable=True):
@@ -322,12 +358,13 @@ def _counting(reads, checkpointable=True):
     return dataset_fn
 
 
-def _killed_and_whole(tmp_path, strategy, dataset_fn, reads):
-    """Weights after 8 steps in one go, and after 4 (a kill after that checkpoint) + 4."""
+def _killed_and_whole(tmp_path, strategy, dataset_fn, reads, **changes):
+    """Weights after 8 steps in one go, and after 4 (a kill after that checkpoint) + 4;
+    `changes` go to the optimizer's `RunConfig`."""
     weights = {}
     for name, stops in (("whole", [8]), ("resumed", [4, 8])):
         for steps in stops:
-            model = train_tiny.build(strategy, total_steps=8)  # the schedule of 8 steps
+            model = train_tiny.build(strategy, total_steps=8, **changes)  # a schedule of 8
             reads.assign(0)
             trainer = Trainer(model, strategy, tmp_path / name, steps=steps, checkpoint_every=4,
                               log_every=4, verbose=False)  # fmt: skip
@@ -344,6 +381,18 @@ def test_resume_restores_the_input_position(tmp_path, mirrored_strategy, distrib
     assert (tmp_path / "resumed" / "checkpoints" / "input-0" / "ckpt-4.index").exists()
     # The resumed run read its 4 steps only (a batch for each replica a step), not 8.
     assert int(reads.numpy()) == 4 * strategy.num_replicas_in_sync
+    assert _max_diff(weights["whole"], weights["resumed"]) == 0.0
+
+
+def test_a_run_with_gradient_accumulation_resumes_at_its_step(tmp_path):
+    """The optimizer's `iterations` counts updates (every 2nd step here), not steps."""
+    strategy = tf.distribute.get_strategy()
+    reads = tf.Variable(0, dtype=tf.int64)
+    dataset_fn = _counting(reads)
+    weights = _killed_and_whole(
+        tmp_path, strategy, dataset_fn, reads, gradient_accumulation_steps=2
+    )
+    assert int(reads.numpy()) == 4  # the resumed run's 4 steps
     assert _max_diff(weights["whole"], weights["resumed"]) == 0.0
 
 

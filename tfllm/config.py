@@ -185,6 +185,13 @@ class RunConfig:
             )
         if self.learning_rate <= 0:
             raise ValueError(f"`learning_rate` must be positive. Received: {self.learning_rate}")
+        if self.gradient_accumulation_steps > 1 and self.strategy in ("mirrored", "multi_worker"):
+            raise ValueError(
+                f"`gradient_accumulation_steps={self.gradient_accumulation_steps}` is not "
+                f"supported with `strategy={self.strategy}` (see `tfllm.trainer.Trainer`): use "
+                "`gradient_accumulation_steps=1` and a larger `batch_size`, or "
+                "`strategy=default`."
+            )
         if self.lora_rank < 0:
             raise ValueError(
                 f"`lora_rank` must be a positive int (0: no LoRA). Received: {self.lora_rank}"

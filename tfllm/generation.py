@@ -191,7 +191,7 @@ def decode(model, token_ids, padding_mask, max_new_tokens, sampler, stop_token_i
             and `backbone.init_cache`).
         token_ids, padding_mask: `(B, P)` prompts, padded on either side (every row needs
             a token).
-        max_new_tokens: python int `N`.
+        max_new_tokens: `N`, a python int or a scalar int32 tensor.
         sampler: a `Sampler` (or identifier).
         stop_token_ids: python ints; a row stops after producing one of them (it is kept
             in the output and masked in, later positions hold `PAD_ID` and are masked out).
@@ -313,7 +313,7 @@ def _beam_search(sampler, logits, cache, forward, is_stop, num_stop, max_new_tok
     def done(i, alive_logp, finished_score):
         # No alive beam can beat the worst kept finished one (log-probs only decrease).
         steps = tf.cast(i, tf.float32)
-        best = alive_logp[:, 0] / tf.maximum(steps**alpha, float(n) ** alpha)
+        best = alive_logp[:, 0] / tf.maximum(steps**alpha, tf.cast(n, tf.float32) ** alpha)
         return tf.reduce_all(finished_score[:, -1] >= best)
 
     def body(i, tokens, parent, state, cache):
@@ -340,24 +340,28 @@ def _beam_search(sampler, logits, cache, forward, is_stop, num_stop, max_new_tok
 _DECODERS: collections.OrderedDict = collections.OrderedDict()
 
 
-def _decoder(model, sampler, max_new_tokens, stop_token_ids, jit_compile, batch_size):
-    """The decoding `tf.function` for one batch size (any prompt length).
+def _decoder(model, sampler, stop_token_ids, jit_compile, batch_size):
+    """The decoding `tf.function` for one batch size (any prompt length and number of
+    new tokens: `run(token_ids, padding_mask, max_new_tokens, seed)`).
 
     A static batch size lets grappler fold the shape arithmetic of every layer out of
     the loop: 9% less time per token at batch 1 without XLA (bench size), for one
     trace per batch size (keras-hub's `generate` traces per batch size and length).
+    The number of new tokens is an input, not part of the trace: batches of prompts
+    generated up to one length need different numbers.
     """
-    key = (model, sampler.name, json.dumps(sampler.get_config()), max_new_tokens)
+    key = (model, sampler.name, json.dumps(sampler.get_config()))
     key += (tuple(stop_token_ids), jit_compile, batch_size)
     # A trace reads the variables it saw: after `enable_lora` / `merge_lora` (weights
     # added or removed) it would decode with the old ones, so they are part of the key.
     key += (tuple(id(w) for w in getattr(model, "weights", ())),)
     if key not in _DECODERS:
         prompts = tf.TensorSpec([batch_size, None], tf.int32)
-        signature = [prompts, prompts, tf.TensorSpec([2], tf.int32)]
+        scalar = tf.TensorSpec([], tf.int32)
+        signature = [prompts, prompts, scalar, tf.TensorSpec([2], tf.int32)]
 
         @tf.function(input_signature=signature, jit_compile=jit_compile)
-        def run(token_ids, padding_mask, seed):
+        def run(token_ids, padding_mask, max_new_tokens, seed):
             return decode(
                 model, token_ids, padding_mask, max_new_tokens, sampler, stop_token_ids, seed
             )
@@ -448,10 +452,8 @@ def decode_prompts(
     padding_mask = tf.cast(tf.ones_like(ids).to_tensor(0), tf.int32)
     if jit_compile is None:
         jit_compile = bool(tf.config.list_logical_devices("GPU"))
-    run = _decoder(
-        model, sampler, max_new_tokens, stop_token_ids, bool(jit_compile), int(token_ids.shape[0])
-    )
-    return run(token_ids, padding_mask, seed)
+    run = _decoder(model, sampler, stop_token_ids, bool(jit_compile), int(token_ids.shape[0]))
+    return run(token_ids, padding_mask, tf.constant(max_new_tokens, tf.int32), seed)
 
 
 def generate(

@@ -22,54 +22,29 @@ array([2, 3])
 """
 
 import copy
+from typing import NamedTuple
 
 import tensorflow as tf
 
 
-class ReplicaInput:
-    """This worker's input pipeline, and how one step's elements become replica batches.
+class ReplicaLayout(NamedTuple):
+    """How one step's elements of a worker's pipeline become per-replica batches.
 
-    Args:
-        strategy: the `tf.distribute.Strategy` of the run.
-        dataset: a `tf.data.Dataset` of global batches: every worker reads all of it and
-            each replica takes its slice of every batch, in replica order. Or a function
-            `InputContext -> Dataset` of per-replica batches: it gives this worker's
-            pipeline, and a step takes the next batch for each local replica in turn, as
-            `distribute_datasets_from_function` does.
+    A named tuple, so that a `tf.function` taking it is traced once per layout (it traces
+    a named tuple by its fields, other Python objects by identity: once per input).
 
     Attributes:
-        dataset: this worker's `tf.data.Dataset`.
-        pipeline: this worker's input pipeline index (0 on one machine).
-        elements_per_step: elements of `dataset` one step reads (local replicas, or 1).
+        strategy: the `tf.distribute.Strategy` of the run.
+        first_replica: this worker's first replica (its replicas are consecutive).
+        elements_per_step: elements of the pipeline one step reads (local replicas, or 1).
+        global_batches: whether an element is a global batch that every replica slices
+            (else each local replica takes its own element).
     """
 
-    def __init__(self, strategy: tf.distribute.Strategy, dataset):
-        ids = strategy.experimental_local_results(
-            strategy.experimental_distribute_values_from_function(
-                lambda context: context.replica_id_in_sync_group
-            )
-        )
-        self.strategy = strategy
-        self.first_replica = int(ids[0])  # this worker's replicas are consecutive
-        replicas, local = strategy.num_replicas_in_sync, len(ids)
-        self.pipeline = self.first_replica // local
-        self.global_batches = isinstance(dataset, tf.data.Dataset)
-        if self.global_batches:
-            self.dataset, self.elements_per_step = dataset, 1
-        else:
-            context = tf.distribute.InputContext(replicas // local, self.pipeline, replicas)
-            self.dataset, self.elements_per_step = dataset(context), local
-
-    def skip(self, steps: int) -> "ReplicaInput":
-        """The same input after its first `steps` steps (read and dropped)."""
-        return self._with(self.dataset.skip(steps * self.elements_per_step))
-
-    def first(self, steps: int | None) -> "ReplicaInput":
-        """The first `steps` steps of the input (all of it with `None`), kept in memory
-        after the first pass."""
-        if steps is None:
-            return self._with(self.dataset.cache())
-        return self._with(self.dataset.take(steps * self.elements_per_step).cache())
+    strategy: tf.distribute.Strategy
+    first_replica: int
+    elements_per_step: int
+    global_batches: bool
 
     def next(self, iterator):
         """The per-replica batches of the next step (inside a `tf.function`)."""
@@ -92,6 +67,52 @@ class ReplicaInput:
             return tf.nest.map_structure(lambda t: _part(t, replica, replicas), elements[0])
 
         return self.strategy.experimental_distribute_values_from_function(value)
+
+
+class ReplicaInput:
+    """This worker's input pipeline, and how one step's elements become replica batches.
+
+    Args:
+        strategy: the `tf.distribute.Strategy` of the run.
+        dataset: a `tf.data.Dataset` of global batches: every worker reads all of it and
+            each replica takes its slice of every batch, in replica order. Or a function
+            `InputContext -> Dataset` of per-replica batches: it gives this worker's
+            pipeline, and a step takes the next batch for each local replica in turn, as
+            `distribute_datasets_from_function` does.
+
+    Attributes:
+        dataset: this worker's `tf.data.Dataset`.
+        pipeline: this worker's input pipeline index (0 on one machine).
+        layout: the `ReplicaLayout` that turns its elements into a step's replica batches.
+    """
+
+    def __init__(self, strategy: tf.distribute.Strategy, dataset):
+        ids = strategy.experimental_local_results(
+            strategy.experimental_distribute_values_from_function(
+                lambda context: context.replica_id_in_sync_group
+            )
+        )
+        first_replica = int(ids[0])
+        replicas, local = strategy.num_replicas_in_sync, len(ids)
+        self.pipeline = first_replica // local
+        global_batches = isinstance(dataset, tf.data.Dataset)
+        if global_batches:
+            self.dataset, elements_per_step = dataset, 1
+        else:
+            context = tf.distribute.InputContext(replicas // local, self.pipeline, replicas)
+            self.dataset, elements_per_step = dataset(context), local
+        self.layout = ReplicaLayout(strategy, first_replica, elements_per_step, global_batches)
+
+    def skip(self, steps: int) -> "ReplicaInput":
+        """The same input after its first `steps` steps (read and dropped)."""
+        return self._with(self.dataset.skip(steps * self.layout.elements_per_step))
+
+    def first(self, steps: int | None) -> "ReplicaInput":
+        """The first `steps` steps of the input (all of it with `None`), kept in memory
+        after the first pass."""
+        if steps is None:
+            return self._with(self.dataset.cache())
+        return self._with(self.dataset.take(steps * self.layout.elements_per_step).cache())
 
     def _with(self, dataset: tf.data.Dataset) -> "ReplicaInput":
         other = copy.copy(self)

@@ -36,7 +36,7 @@ import tensorflow as tf
 
 from tfllm.io import atomic_path, atomic_write
 from tfllm.progress import StepProgress
-from tfllm.replica_input import ReplicaInput
+from tfllm.replica_input import ReplicaInput, ReplicaLayout
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,9 @@ class Trainer:
     same `run_dir` resumes: same step, same data position, same history and best score.
 
     Args:
-        model: a model built and compiled under `strategy.scope()`.
+        model: a model built and compiled under `strategy.scope()`. Its optimizer's
+            gradient accumulation is refused under `MirroredStrategy` and
+            `MultiWorkerMirroredStrategy` (Keras cannot apply it there).
         strategy: the `tf.distribute.Strategy` it was built under.
         run_dir: output folder of the run.
         steps: total optimizer steps (batches) of the run.
@@ -97,6 +99,17 @@ class Trainer:
             raise ValueError(f"`patience` must be an integer >= 0. Received: {patience!r}")
         if patience and not monitor:
             raise ValueError(f"`patience` ({patience}) needs a `monitor`.")
+        optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # loss scaling
+        accumulation = optimizer.gradient_accumulation_steps
+        synchronized = (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy)
+        if accumulation and isinstance(strategy, synchronized):
+            # Keras applies the accumulated gradients in a `cond` whose branches update
+            # mirrored variables by `merge_call`, which these strategies refuse there.
+            raise ValueError(
+                f"The optimizer's `gradient_accumulation_steps={accumulation}` is not supported "
+                f"with {type(strategy).__name__}: accumulate no gradients and raise the "
+                "batch size, or train without a distribution strategy."
+            )
         self.model = model
         self.strategy = strategy
         self.run_dir = Path(run_dir)
@@ -117,9 +130,10 @@ class Trainer:
         )
         # The best value, its step and the evaluations since: saved with the checkpoints.
         self._best = tf.Variable([math.nan, 0.0, 0.0], dtype=tf.float64, trainable=False)
-        # Traced once per input (`ReplicaInput`): once per `fit` for training, once for validation.
+        # Traced once per input layout (`ReplicaLayout`) and element spec: training once,
+        # evaluation once for all its inputs (shapes relaxed, e.g. a smaller last batch).
         self._train_function = tf.function(self._train_steps)
-        self._test_function = tf.function(self._test_steps)
+        self._test_function = tf.function(self._test_steps, reduce_retracing=True)
 
     @property
     def best_path(self) -> Path:
@@ -176,7 +190,13 @@ class Trainer:
         self._build(dataset)
         if latest:  # resume: weights and optimizer step, then the data position
             checkpoint.restore(latest).assert_existing_objects_matched()
-        step = int(self.model.optimizer.iterations.numpy())
+        # A checkpoint is numbered by its step (batch); the optimizer's `iterations` counts
+        # updates, fewer with gradient accumulation.
+        step = (
+            int(latest.rsplit("-", 1)[1])
+            if latest
+            else int(self.model.optimizer.iterations.numpy())
+        )
         history = self._history_until(step) if latest else {"step": []}
         inputs = ReplicaInput(self.strategy, dataset)
         iterator, input_manager = self._input_at(inputs, step)
@@ -194,7 +214,7 @@ class Trainer:
             # One graph call runs the steps up to the next log or checkpoint step: the host
             # reads the metrics there only.
             stop = min(self._next(step, self.log_every), self._next(step, self.checkpoint_every))
-            done, logs = self._train_function(inputs, iterator, tf.constant(stop - step))
+            done, logs = self._train_function(inputs.layout, iterator, tf.constant(stop - step))
             step += int(done)
             loss = float(logs["loss"])
             if not math.isfinite(loss):
@@ -314,7 +334,7 @@ class Trainer:
 
     def _evaluate(self, validation: ReplicaInput, prefix: str) -> dict:
         self.model.reset_metrics()
-        logs = self._test_function(validation, iter(validation.dataset))
+        logs = self._test_function(validation.layout, iter(validation.dataset))
         self.model.reset_metrics()
         return {prefix + k: float(v) for k, v in logs.items()}
 
@@ -346,9 +366,9 @@ class Trainer:
             self.model.compute_metrics(x, y, y_pred, sample_weight)
             self.model.reset_metrics()
 
-    def _train_steps(self, inputs: ReplicaInput, iterator, count):
+    def _train_steps(self, layout: ReplicaLayout, iterator, count):
         """Runs up to `count` train steps (Keras's `train_step` on every replica) in one
-        graph; stops after a step whose loss is not finite. Traced once per `fit`.
+        graph; stops after a step whose loss is not finite.
 
         Returns:
             the number of steps run and the metrics after the last one.
@@ -356,22 +376,22 @@ class Trainer:
         strategy = self.strategy
         done, finite = tf.constant(0), tf.constant(True)
         while finite and done < count:
-            logs = strategy.run(self.model.train_step, args=(inputs.next(iterator),))
+            logs = strategy.run(self.model.train_step, args=(layout.next(iterator),))
             # Reduced over all replicas, so that every worker stops at the same step.
             finite = tf.math.is_finite(strategy.reduce("MEAN", logs["loss"], axis=None))
             done += 1
         return done, self.model.get_metrics_result()
 
-    def _test_steps(self, inputs: ReplicaInput, iterator):
+    def _test_steps(self, layout: ReplicaLayout, iterator):
         """Keras's `test_step` on every step of `iterator`; returns the metrics.
 
         Reads to the end, so that a cached input is complete after the first pass.
         """
-        elements = inputs.next_optionals(iterator)
+        elements = layout.next_optionals(iterator)
         while tf.reduce_all([element.has_value() for element in elements]):
-            batch = inputs.distribute([element.get_value() for element in elements])
+            batch = layout.distribute([element.get_value() for element in elements])
             self.strategy.run(self.model.test_step, args=(batch,))
-            elements = inputs.next_optionals(iterator)
+            elements = layout.next_optionals(iterator)
         # Read in cross-replica context: metric variables are summed over all replicas
         # (Keras creates them `ON_READ` with SUM aggregation), so the values are exact.
         return self.model.get_metrics_result()

@@ -119,7 +119,7 @@ class ClipReducedGradients:
     `_backend_update_step`: with a clip that bites, two replicas then step differently
     from one device on the same global batch. With gradient accumulation the sum is taken
     at the update step, over the accumulated gradients, as in Keras (whose accumulation
-    works only under strategies that all-reduce without `merge_call`, e.g. collective ops).
+    runs under no multi-device strategy of tfllm's: `Trainer` refuses it there).
     """
 
     def _clip_gradients(self, grads):

@@ -151,12 +151,13 @@ class CausalLMPreprocessor(Preprocessor):
         """Prompts, or conversations, -> `token_ids` / `padding_mask` int32 `(B, L)`.
 
         A prompt string is `[BOS] ids`, with `chat_template`: `[BOS]`, the prompt as a user
-        message, the assistant prefix (tokenized as in training); longer prompts are cut
-        at the end. A conversation `{"roles", "contents"}` (as in `call`) is `[BOS]`, its
-        messages as in training (each assistant message closed by the end token), then
-        the assistant prefix; a longer one loses its oldest tokens after `[BOS]`, so that
-        its last message is kept. No end token (the text goes on); rows are right-padded
-        to `L`, `sequence_length` (default: this preprocessor's).
+        message, the assistant prefix (tokenized as in training). A conversation
+        `{"roles", "contents"}` (as in `call`) is `[BOS]`, its messages as in training
+        (each assistant message closed by the end token), then the assistant prefix. A
+        longer prompt or conversation loses its oldest tokens after `[BOS]`: its end, next
+        to the answer (the assistant prefix, the last message), is kept. No end token (the
+        text goes on); rows are right-padded to `L`, `sequence_length` (default: this
+        preprocessor's).
         """
         length = self.sequence_length if sequence_length is None else sequence_length
         if isinstance(length, bool) or not isinstance(length, int) or length < 1:
@@ -166,11 +167,7 @@ class CausalLMPreprocessor(Preprocessor):
         strings, batched = to_batch(x)
         user_prefix, user_suffix = self.template.parts("user")
         ids = self.tokenizer.tokenize(tf.strings.join([user_prefix, strings, user_suffix]))
-        ids = self._with_assistant_prefix(ids)
-        if self.add_bos:
-            ids = tf.concat([self._column(ids.nrows(), self.bos_token_id), ids], axis=1)
-        token_ids, padding_mask = pad(ids[:, :length], length, self.pad_token_id)
-        return unbatch_like({"token_ids": token_ids, "padding_mask": padding_mask}, batched)
+        return unbatch_like(self._last_tokens(ids, length), batched)
 
     def _conversation_prompts(self, x: dict, length: int) -> dict:
         if sorted(x) != ["contents", "roles"]:
@@ -180,13 +177,18 @@ class CausalLMPreprocessor(Preprocessor):
             )
         roles, contents, batched = _conversations(x)
         ids, _ = conversation_ids(self.tokenizer, self.template, roles, contents, self.end_token_id)
+        return unbatch_like(self._last_tokens(ids, length), batched)
+
+    def _last_tokens(self, ids: tf.RaggedTensor, length: int) -> dict:
+        """`(B, (n))` prompt ids -> `[BOS]`, the last tokens of ids + assistant prefix,
+        right-padded: `token_ids` / `padding_mask` `(B, length)`."""
         ids = self._with_assistant_prefix(ids)
         keep = length - int(self.add_bos)  # the last `keep` tokens of each row
         ids = ids[:, -keep:] if keep else ids[:, :0]
         if self.add_bos:
             ids = tf.concat([self._column(ids.nrows(), self.bos_token_id), ids], axis=1)
         token_ids, padding_mask = pad(ids, length, self.pad_token_id)
-        return unbatch_like({"token_ids": token_ids, "padding_mask": padding_mask}, batched)
+        return {"token_ids": token_ids, "padding_mask": padding_mask}
 
     def _with_assistant_prefix(self, ids: tf.RaggedTensor) -> tf.RaggedTensor:
         """`(B, (n))` ids followed by the template's assistant prefix (tokenized apart)."""

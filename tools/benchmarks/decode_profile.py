@@ -100,9 +100,9 @@ def run(args: argparse.Namespace, command: str) -> None:
     ids = rng.integers(1, config["vocabulary_size"], (args.batch_size, PROMPT))
     ids, seed = tf.constant(ids, tf.int32), tf.zeros([2], tf.int32)
     call = {}
+    decoder = generation._decoder(lm, generation.GreedySampler(), (), False, len(ids))
     for n in (SHORT, LONG):
-        decoder = generation._decoder(lm, generation.GreedySampler(), n, (), False, len(ids))
-        call[n] = lambda d=decoder: d(ids, tf.ones_like(ids), seed)[0].numpy()
+        call[n] = lambda n=n: decoder(ids, tf.ones_like(ids), tf.constant(n), seed)[0].numpy()
 
     def step_timer():
         seconds = {}

@@ -46,7 +46,7 @@ def step_timer(trainer: Trainer, dataset_fn, steps: int):
     def timer():
         start = time.perf_counter()
         # `steps` steps in one graph call, read once at the end, as in `Trainer.fit`.
-        float(trainer._train_function(inputs, iterator, tf.constant(steps))[1]["loss"])
+        float(trainer._train_function(inputs.layout, iterator, tf.constant(steps))[1]["loss"])
         return (time.perf_counter() - start) / steps
 
     return timer
