@@ -11,7 +11,7 @@ import logging
 import keras
 from keras import ops
 
-from tfllm.layers import Dropout, MaskedLMHead
+from tfllm.layers import Dense, Dropout, MaskedLMHead
 from tfllm.models.bert import BertBackbone
 from tfllm.models.task import Task, check_backbone
 from tfllm.preprocessing import (
@@ -142,7 +142,7 @@ class BertPretrainer(Task):
             dtype=backbone.dtype_policy,
             name="mlm_head",
         )
-        nsp_head = keras.layers.Dense(
+        nsp_head = Dense(
             2,
             kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
             dtype=backbone.dtype_policy,
@@ -181,7 +181,7 @@ def _check_dropout(dropout) -> None:
 def _classification_head(backbone, units: int, dropout: float):
     kwargs = dict(dtype=backbone.dtype_policy)
     output_dropout = Dropout(dropout, name="output_dropout", **kwargs)
-    output_dense = keras.layers.Dense(
+    output_dense = Dense(
         units,
         kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
         name="logits",
