@@ -207,7 +207,8 @@ def test_causal_lm_stays_near_float32_and_decodes_with_its_cache(tmp_path, engli
     prompt = inputs["token_ids"][0, :5].numpy().tolist()
     new = generate(lm, [prompt], 6, stop_token_ids=())[0]
     assert new == greedy_without_cache(lm, prompt, 6)
-    assert generate(lm, [prompt], 6, stop_token_ids=(), jit_compile=True)[0] == new
+    if precision == "int8_weight_only":  # the layers' XLA path (barrier, fused cast)
+        assert generate(lm, [prompt], 6, stop_token_ids=(), jit_compile=True)[0] == new
 
     lm.save(tmp_path / "lm.keras")
     loaded = keras.saving.load_model(tmp_path / "lm.keras")
