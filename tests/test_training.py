@@ -16,7 +16,7 @@ import tensorflow as tf
 from tests import train_tiny
 from tests.workers import run_workers
 from tfllm.config import RunConfig
-from tfllm.layers.dense import KERAS_HOOKS, xla
+from tfllm.layers.dense import KERAS_HOOKS, control_flow_util, xla
 from tfllm.trainer import Trainer
 from tfllm.training import (
     AdamW,
@@ -400,8 +400,10 @@ def test_the_keras_optimizer_hooks_tfllm_overrides_still_exist():
 
 def test_the_private_framework_hooks_the_int8_layers_use_still_exist():
     """`tfllm.layers.Dense` and `TokenEmbedding` override private Keras int8 methods and
-    call TensorFlow's `xla.optimization_barrier`: a rename would bypass or break them."""
+    call TensorFlow's `xla.optimization_barrier` and `GraphOrParentsInXlaContext`: a
+    rename would bypass or break them."""
     for cls, hooks in KERAS_HOOKS.items():
         for hook in hooks:
             assert callable(getattr(cls, hook, None)), (cls.__name__, hook)
     assert callable(xla.optimization_barrier)
+    assert callable(control_flow_util.GraphOrParentsInXlaContext)

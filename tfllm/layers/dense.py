@@ -5,39 +5,52 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 from tensorflow.compiler.tf2xla.python import xla
+from tensorflow.python.ops import control_flow_util
 
 # Private Keras methods overridden here and by `TokenEmbedding` (checked by
 # `tests/test_training.py`: a rename in Keras would silently bypass the overrides),
-# and TensorFlow's private `xla.optimization_barrier` (its test: tests/test_quantization.py).
+# and TensorFlow's private `xla.optimization_barrier` and
+# `control_flow_util.GraphOrParentsInXlaContext` (checked there too).
 KERAS_HOOKS = {
     keras.layers.Dense: ("_int8_build", "_int8_call", "_get_kernel_with_merged_lora"),
     keras.layers.ReversibleEmbedding: ("_int8_call",),
 }
 
 
+# Under XLA, products with at most this many rows run one matrix-vector product per row.
+GEMV_ROWS = 8
+
+
 def matmul_transposed(inputs, kernel):
     """`inputs @ kernel.T`: `(..., K)` and `(N, K)` -> `(..., N)`.
 
     An int8 `kernel` is cast to `inputs`' float dtype in the graph (int8 `inputs`: an int8
-    product with int32 sums). The contraction runs over the kernel's minor axis, so a
-    batch-1 step streams each row in order; XLA fuses the cast into that dot, while with
-    the contraction over the major axis (Keras's `(K, N)` layout) it strides over the
-    kernel.
+    product with int32 sums). Under XLA, a product of at most `GEMV_ROWS` rows (decoding
+    steps) runs as one matrix-vector product per row with the cast fused into it: each
+    reads the kernel's rows in order, in their stored dtype. XLA compiles a product with
+    more rows and a fused cast into a slow loop, and would hoist a loop-invariant cast out
+    of `generate`'s decoding loop (reading a float32 copy every step): a barrier tying
+    the kernel to the inputs keeps the cast in the loop.
     """
     inputs = tf.convert_to_tensor(inputs)
-    quantized = inputs.dtype == tf.int8
-    if not quantized:
-        # Inside a loop (`generate`'s decoding steps) XLA would hoist the loop-invariant
-        # cast out of it and read a float32 copy of the kernel every step; a barrier
-        # that ties the kernel to the (loop-variant) inputs keeps the cast in the
-        # product, fused with it.
-        kernel, inputs = xla.optimization_barrier(kernel, inputs)
+    flat = tf.reshape(inputs, [-1, tf.shape(inputs)[-1]])  # (R, K), R = B * T
+    rows = flat.shape[0]
+    if inputs.dtype == tf.int8:
+        outputs = tf.matmul(flat, kernel, transpose_b=True, output_type=tf.int32)
+    elif rows is not None and rows <= GEMV_ROWS and _in_xla():
+        kernel, flat = xla.optimization_barrier(kernel, flat)
         kernel = tf.cast(kernel, inputs.dtype)
-    flat = tf.reshape(inputs, [-1, tf.shape(inputs)[-1]])  # (B * T, K)
-    outputs = tf.matmul(
-        flat, kernel, transpose_b=True, output_type=tf.int32 if quantized else None
-    )  # (B * T, N)
+        outputs = tf.concat(
+            [tf.matmul(flat[i : i + 1], kernel, transpose_b=True) for i in range(rows)], 0
+        )
+    else:
+        outputs = tf.matmul(flat, tf.cast(kernel, inputs.dtype), transpose_b=True)  # (R, N)
     return tf.reshape(outputs, tf.concat([tf.shape(inputs)[:-1], tf.shape(kernel)[:1]], 0))
+
+
+def _in_xla():
+    """Whether the graph being built is compiled by XLA (`jit_compile=True`)."""
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
 @keras.saving.register_keras_serializable(package="tfllm")
