@@ -63,10 +63,10 @@ class Dense(keras.layers.Dense):
     Keras's `Dense` (per output channel absmax, one float scale per unit; activations
     per token unless the config's `activation_quantizer` is `None`) and gives the same
     outputs, but keeps the int8 values `(units, input_dim)`: the product then contracts
-    the kernel's minor axis, which XLA reads near the memory bandwidth in a batch-1
-    decoding step (see BENCHMARKS.md, "Quantized inference"). LoRA, `.keras` files and
-    SavedModels work as with Keras's `Dense`; `kernel` of an int8 layer is the int8
-    values viewed `(input_dim, units)`.
+    the kernel's minor axis, rows read in order, which lets XLA decode from the int8
+    bytes (`matmul_transposed`; timings in BENCHMARKS.md, "Quantized inference").
+    LoRA, `.keras` files and SavedModels work as with Keras's `Dense`; `kernel` of an
+    int8 layer is the int8 values viewed `(input_dim, units)`.
 
     Call: `(..., input_dim)` -> `(..., units)`.
 

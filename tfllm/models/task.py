@@ -273,7 +273,8 @@ class Task(keras.Model):
 
         `"int8"` stores every `Dense` kernel and the token embedding as int8 with one
         float32 scale per output channel (per vocabulary row for the embedding, tied
-        logits included); by default activations are quantized per token on the fly
+        logits included; tfllm's projections store it `(units, input_dim)`, see
+        `tfllm.layers.Dense`); by default activations are quantized per token on the fly
         (int8 x int8 matmuls). `config=keras.quantizers.Int8QuantizationConfig(
         activation_quantizer=None)` keeps activations float (weight-only). Norms,
         position embeddings and biases stay float. Keras warns once per layer it leaves
