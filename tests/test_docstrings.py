@@ -58,6 +58,7 @@ MODULES = [
     "tfllm.generation",
     "tfllm.io",
     "tfllm.layers.attention",
+    "tfllm.layers.dense",
     "tfllm.layers.embedding",
     "tfllm.losses",
     "tfllm.metrics.bleu",

@@ -13,6 +13,7 @@ import tensorflow as tf
 from export.saved_model import export_saved_model
 from tfllm import assets
 from tfllm.generation import generate
+from tfllm.layers.dense import Dense
 from tfllm.layers.embedding import TokenEmbedding
 from tfllm.models import CausalLM, GPTBackbone, TextClassifier
 from tfllm.models.preset_io import read_preset, with_overrides
@@ -53,6 +54,57 @@ def test_int8_token_embedding_matches_numpy(config):
     else:
         expected = x @ (values / scale).T
     np.testing.assert_allclose(layer(x, reverse=True), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
+@pytest.mark.parametrize("config", [None, WEIGHT_ONLY], ids=["int8", "int8_weight_only"])
+def test_int8_dense_stores_its_kernel_transposed_and_matches_keras(config, jit_compile):
+    rng = np.random.default_rng(1)
+    kernel = rng.normal(size=(6, 5)).astype("float32")
+    bias = rng.normal(size=5).astype("float32")
+    x = rng.normal(size=(2, 3, 6)).astype("float32")
+    ours, theirs = Dense(5), keras.layers.Dense(5)
+    for layer in (ours, theirs):
+        layer.build((None, None, 6))
+        layer.kernel.assign(kernel)
+        layer.bias.assign(bias)
+        layer.quantize("int8", config=config)
+    assert tuple(ours._kernel.shape) == (5, 6) and ours._kernel.dtype == "int8"
+    values, scale = absmax_int8(kernel.astype("float64"), axis=0)  # one scale per unit
+    np.testing.assert_array_equal(ours._kernel.numpy().T, values)
+    if config is None:  # activations quantized per token, too
+        x_values, x_scale = absmax_int8(x.astype("float64"), axis=-1)
+        expected = (x_values @ values) / x_scale / scale + bias
+    else:
+        expected = x @ (values / scale) + bias
+    got = tf.function(ours, jit_compile=jit_compile)(x)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, theirs(x), rtol=1e-6, atol=1e-6)
+
+
+def test_qlora_on_a_transposed_int8_dense_and_its_keras_file(tmp_path):
+    """LoRA over int8 weights: numpy's dequantized product plus the adapters; the
+    `.keras` file holds the merged kernel requantized per unit, as Keras's `Dense`."""
+    rng = np.random.default_rng(2)
+    kernel = rng.normal(size=(6, 4)).astype("float32")
+    x = rng.normal(size=(3, 6)).astype("float32")
+    model = keras.Sequential([keras.Input((6,)), Dense(4, use_bias=False)])
+    model.layers[0].kernel.assign(kernel)
+    model.layers[0].quantize("int8", config=WEIGHT_ONLY)
+    model.layers[0].enable_lora(2)
+    a, b = rng.normal(size=(6, 2)), rng.normal(size=(2, 4))
+    model.layers[0].lora_kernel_a.assign(a)
+    model.layers[0].lora_kernel_b.assign(b)
+    values, scale = absmax_int8(kernel.astype("float64"), axis=0)
+    merged = values / scale + a @ b
+    np.testing.assert_allclose(model(x), x @ merged, rtol=1e-5, atol=1e-5)
+    assert [w.name for w in model.trainable_weights] == ["lora_kernel_a", "lora_kernel_b"]
+
+    model.save(tmp_path / "qlora.keras")
+    loaded = keras.saving.load_model(tmp_path / "qlora.keras")
+    merged_values, merged_scale = absmax_int8(merged, axis=0)
+    np.testing.assert_array_equal(loaded.layers[0]._kernel.numpy().T, merged_values)
+    np.testing.assert_allclose(loaded(x), x @ (merged_values / merged_scale), rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +207,8 @@ def test_causal_lm_stays_near_float32_and_decodes_with_its_cache(tmp_path, engli
     prompt = inputs["token_ids"][0, :5].numpy().tolist()
     new = generate(lm, [prompt], 6, stop_token_ids=())[0]
     assert new == greedy_without_cache(lm, prompt, 6)
+    if precision == "int8_weight_only":  # the layers' XLA path (barrier, fused cast)
+        assert generate(lm, [prompt], 6, stop_token_ids=(), jit_compile=True)[0] == new
 
     lm.save(tmp_path / "lm.keras")
     loaded = keras.saving.load_model(tmp_path / "lm.keras")

@@ -1,6 +1,7 @@
 """Keras layers for transformer language models."""
 
 from tfllm.layers.attention import MultiHeadAttention, compute_attention_mask
+from tfllm.layers.dense import Dense
 from tfllm.layers.dropout import Dropout
 from tfllm.layers.embedding import (
     PositionEmbedding,
@@ -13,6 +14,7 @@ from tfllm.layers.normalization import LayerNormalization
 from tfllm.layers.transformer import TransformerDecoderBlock, TransformerEncoderBlock
 
 __all__ = [
+    "Dense",
     "Dropout",
     "LayerNormalization",
     "MaskedLMHead",

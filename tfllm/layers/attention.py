@@ -5,6 +5,7 @@ import tensorflow as tf
 from keras import ops
 from tensorflow.python.ops.control_flow_util import GraphOrParentsInXlaContext
 
+from tfllm.layers.dense import Dense
 from tfllm.layers.dropout import Dropout
 from tfllm.layers.embedding import RotaryEmbedding
 
@@ -204,9 +205,9 @@ class MultiHeadAttention(keras.layers.Layer):
             dtype=self.dtype_policy,
         )
         qkv_dim = (self.num_heads + 2 * self._kv_heads) * self._head_size
-        self.qkv_dense = keras.layers.Dense(qkv_dim, name="qkv", **projection)
+        self.qkv_dense = Dense(qkv_dim, name="qkv", **projection)
         self.qkv_dense.build(inputs_shape)
-        self.output_dense = keras.layers.Dense(hidden_dim, name="output", **projection)
+        self.output_dense = Dense(hidden_dim, name="output", **projection)
         self.output_dense.build((None, None, self.num_heads * self._head_size))
 
     def call(

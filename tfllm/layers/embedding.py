@@ -5,6 +5,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from tfllm.layers.dense import matmul_transposed
+
 
 def segment_positions(segment_ids):
     """Position of each token within its run of equal `segment_ids`, `(B, T)` int32.
@@ -61,6 +63,21 @@ class TokenEmbedding(keras.layers.ReversibleEmbedding):
         this one only adds the eager id check (skipped once quantized).
         """
         super().quantize(mode, type_check=False, config=config)
+
+    def _int8_call(self, inputs, reverse=False):
+        """Keras's int8 call; tied logits contract the `(vocabulary, hidden)` table over
+        its minor axis (`matmul_transposed`: read in order, also inside XLA loops)."""
+        if not (reverse and self.tie_weights):
+            return super()._int8_call(inputs, reverse=reverse)
+        scale = self.embeddings_scale  # (V,)
+        if self.inputs_quantizer:
+            inputs, inputs_scale = self.inputs_quantizer(inputs)
+            scale = ops.multiply(inputs_scale, scale)
+        logits = ops.cast(matmul_transposed(inputs, self._embeddings), self.compute_dtype)
+        logits = ops.divide(logits, scale)  # (B, T, V)
+        if self.logit_soft_cap is not None:
+            logits = ops.multiply(ops.tanh(logits / self.logit_soft_cap), self.logit_soft_cap)
+        return logits
 
 
 @keras.saving.register_keras_serializable(package="tfllm")

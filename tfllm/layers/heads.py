@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from tfllm.layers.activations import ELEMENTWISE_ACTIVATIONS
+from tfllm.layers.dense import Dense
 from tfllm.layers.normalization import LayerNormalization
 
 
@@ -48,7 +49,7 @@ class MaskedLMHead(keras.layers.Layer):
 
     def build(self, inputs_shape, mask_positions_shape=None):
         hidden_dim = inputs_shape[-1]
-        self.transform = keras.layers.Dense(
+        self.transform = Dense(
             hidden_dim,
             kernel_initializer=self.kernel_initializer,
             dtype=self.dtype_policy,

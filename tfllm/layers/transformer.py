@@ -6,6 +6,7 @@ from keras import ops
 
 from tfllm.layers.activations import ELEMENTWISE_ACTIVATIONS, training_gelu
 from tfllm.layers.attention import MultiHeadAttention
+from tfllm.layers.dense import Dense
 from tfllm.layers.dropout import Dropout
 from tfllm.layers.normalization import LayerNormalization
 
@@ -59,11 +60,11 @@ class FeedForward(keras.layers.Layer):
             kernel_initializer=self.kernel_initializer,
             dtype=self.dtype_policy,
         )
-        self.intermediate_dense = keras.layers.Dense(
+        self.intermediate_dense = Dense(
             self.intermediate_dim * (2 if gated else 1), name="intermediate", **dense
         )
         self.intermediate_dense.build(inputs_shape)
-        self.output_dense = keras.layers.Dense(inputs_shape[-1], name="output", **dense)
+        self.output_dense = Dense(inputs_shape[-1], name="output", **dense)
         self.output_dense.build((*inputs_shape[:-1], self.intermediate_dim))
 
     def call(self, inputs, training=None):

@@ -331,7 +331,7 @@ class Backbone(keras.Model):
                 f"{missing[:4]}; weights for layers it does not adapt {extra[:4]}."
             )
         for path, (a, b) in weights.items():
-            kernel = tuple(dense[path]._kernel.shape)
+            kernel = tuple(dense[path].kernel.shape)  # (input_dim, units)
             if a.shape != (kernel[0], rank) or b.shape != (rank, kernel[1]):
                 raise ValueError(
                     f"{str(filepath)!r}: LoRA weights of {path} have shapes {a.shape}, "
@@ -356,10 +356,15 @@ class Backbone(keras.Model):
         (None, 28)
         """
         for layer in self._lora_layers().values():
-            scale = layer.lora_alpha / layer.lora_rank
-            delta = scale * ops.matmul(layer.lora_kernel_a, layer.lora_kernel_b)  # float32
-            kernel = ops.add(ops.cast(layer._kernel, "float32"), delta)
-            layer._kernel.assign(ops.cast(kernel, layer._kernel.dtype))
+            if layer.quantization_mode == "int8":  # dequantize, add, requantize (QLoRA)
+                values, kernel_scale, _ = layer._get_kernel_with_merged_lora()
+                layer._kernel.assign(values)
+                layer.kernel_scale.assign(kernel_scale)
+            else:
+                scale = layer.lora_alpha / layer.lora_rank
+                delta = scale * ops.matmul(layer.lora_kernel_a, layer.lora_kernel_b)  # float32
+                kernel = ops.add(ops.cast(layer._kernel, "float32"), delta)
+                layer._kernel.assign(ops.cast(kernel, layer._kernel.dtype))
             # Functions traced with LoRA still read B: zeroed, they see the merged kernel.
             layer.lora_kernel_b.assign(ops.zeros_like(layer.lora_kernel_b))
             for name in ("lora_kernel_a", "lora_kernel_b"):

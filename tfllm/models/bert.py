@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import keras
 
 from tfllm.layers import (
+    Dense,
     Dropout,
     LayerNormalization,
     PositionEmbedding,
@@ -115,7 +116,7 @@ class BertBackbone(Backbone):
             )
             for i in range(num_layers)
         ]
-        pooled_dense = keras.layers.Dense(
+        pooled_dense = Dense(
             hidden_dim, activation="tanh", kernel_initializer=init, dtype=dtype, name="pooled_dense"
         )
 

@@ -21,7 +21,7 @@ import warnings
 import keras
 import tensorflow as tf
 
-from tfllm.layers import Dropout
+from tfllm.layers import Dense, Dropout
 from tfllm.losses import SparseCategoricalCrossentropy
 from tfllm.models.preset_io import read_preset, save_preset
 from tfllm.models.presets import PRESETS
@@ -59,7 +59,7 @@ def classification_head(backbone, units: int, dropout: float):
     """`(output_dropout, logits)`: the `Dropout` and `Dense(units)` of a classifier's head."""
     kwargs = dict(dtype=backbone.dtype_policy)
     output_dropout = Dropout(dropout, name="output_dropout", **kwargs)
-    output_dense = keras.layers.Dense(
+    output_dense = Dense(
         units,
         kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
         name="logits",
@@ -299,7 +299,8 @@ class Task(keras.Model):
 
         `"int8"` stores every `Dense` kernel and the token embedding as int8 with one
         float32 scale per output channel (per vocabulary row for the embedding, tied
-        logits included); by default activations are quantized per token on the fly
+        logits included; tfllm's projections store it `(units, input_dim)`, see
+        `tfllm.layers.Dense`); by default activations are quantized per token on the fly
         (int8 x int8 matmuls). `config=keras.quantizers.Int8QuantizationConfig(
         activation_quantizer=None)` keeps activations float (weight-only). Norms,
         position embeddings and biases stay float. Keras warns once per layer it leaves

@@ -11,7 +11,7 @@ import logging
 import keras
 from keras import ops
 
-from tfllm.layers import MaskedLMHead
+from tfllm.layers import Dense, MaskedLMHead
 from tfllm.models.bert import BertBackbone
 from tfllm.models.task import (
     Task,
@@ -148,7 +148,7 @@ class BertPretrainer(Task):
             dtype=backbone.dtype_policy,
             name="mlm_head",
         )
-        nsp_head = keras.layers.Dense(
+        nsp_head = Dense(
             2,
             kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
             dtype=backbone.dtype_policy,

@@ -12,6 +12,7 @@ size (random weights) decodes greedily in each precision, interleaved rounds.
 """
 
 import argparse
+import itertools
 import math
 import statistics
 import tempfile
@@ -22,7 +23,7 @@ import keras
 import numpy as np
 
 from tfllm import assets
-from tfllm.benchmarking import markdown_table
+from tfllm.benchmarking import decode_bytes_per_step, markdown_table, memory_bandwidth
 from tfllm.generation import generate
 from tfllm.models import CausalLM, GPTBackbone
 from tfllm.models.preset_io import with_overrides
@@ -93,8 +94,8 @@ def perplexities(language, steps, validation_lines):
     return result, sum(len(line) for line in validation)
 
 
-def speed_rows(args):
-    """ms/token of a GPT-2-small size in each precision, interleaved."""
+def speed_rows(args, bandwidth):
+    """ms/token of a GPT-2-small size in each precision, without and with XLA, interleaved."""
     keras.utils.set_random_seed(0)
     lm = CausalLM(GPTBackbone.from_preset("gpt2_small_random", dropout=0.0))
     models = {precision: in_precision(lm, precision) for precision in PRECISIONS}
@@ -102,22 +103,32 @@ def speed_rows(args):
     for batch_size in args.batch_sizes:
         prompts = np.random.default_rng(batch_size).integers(1, 50257, (batch_size, 32))
         inputs = {"token_ids": prompts.astype("int32"), "padding_mask": np.ones_like(prompts)}
-        for precision, model in models.items():
+        for (precision, model), xla in itertools.product(models.items(), (False, True)):
 
-            def timer(model=model, inputs=inputs):
+            def timer(model=model, inputs=inputs, xla=xla):
                 start = time.perf_counter()
-                out = generate(model, inputs, args.new, stop_token_ids=(), jit_compile=False)
+                out = generate(model, inputs, args.new, stop_token_ids=(), jit_compile=xla)
                 return time.perf_counter() - start, out["token_ids"]
 
-            timers[(batch_size, precision)] = timer
+            timers[(batch_size, precision + " XLA" * xla)] = timer
     times, tokens = interleaved_results(timers, args.rounds)
+    step_bytes = {  # the bytes one step reads, each precision's weights as stored
+        (batch_size, precision): decode_bytes_per_step(model.backbone, batch_size, 32 + args.new)
+        for batch_size in args.batch_sizes
+        for precision, model in models.items()
+    }
     rows = []
-    for (batch_size, precision), seconds in times.items():
+    for (batch_size, name), seconds in times.items():
         reference = times[(batch_size, "float32")]
         gain = statistics.median(r / s for r, s in zip(reference, seconds, strict=True))
-        same = np.mean(tokens[(batch_size, precision)] == tokens[(batch_size, "float32")])
-        per_token = statistics.median(seconds) / args.new * 1e3
-        rows.append([batch_size, precision, f"{per_token:.1f}", f"{gain:.2f}×", f"{same:.0%}"])
+        same = np.mean(tokens[(batch_size, name)] == tokens[(batch_size, "float32")])
+        per_token = statistics.median(seconds) / args.new
+        own, float32 = (step_bytes[(batch_size, p)] for p in (name.removesuffix(" XLA"), "float32"))
+        rows.append([
+            batch_size, name, f"{per_token * 1e3:.1f}", f"{gain:.2f}×", f"{own / 1e6:.0f}",
+            f"{per_token * bandwidth / float32:.2f}×",
+            f"{per_token * bandwidth / own:.2f}×", f"{same:.0%}",
+        ])  # fmt: skip
     return rows
 
 
@@ -130,22 +141,23 @@ def run(args: argparse.Namespace, command: str) -> None:
             flag = f"**{change:+.2%}** (> 2%)" if change > 0.02 else f"{change:+.2%}"
             ppl_rows.append([f"{name}, {characters:,} chars", precision, f"{value:.2f}", flag])
     ppl_table = markdown_table(["validation text", "weights", "perplexity", "change"], ppl_rows)
-    speed_table = markdown_table(
-        ["batch", "weights", "ms/token", "speed vs float32", "same tokens as float32"],
-        speed_rows(args),
-    )
+    bandwidth = memory_bandwidth()
+    columns = ["batch", "weights", "ms/token", "speed vs float32", "MB read/step",
+               "× float32 bound", "× own bound", "same tokens as float32"]  # fmt: skip
+    speed_table = markdown_table(columns, speed_rows(args, bandwidth))
     print(ppl_table, speed_table, sep="\n\n")
     if args.write:
-        write_section(SECTION, section_body(command, ppl_table, speed_table, args))
+        write_section(SECTION, section_body(command, ppl_table, speed_table, args, bandwidth))
 
 
-def section_body(command, ppl_table, speed_table, args):
+def section_body(command, ppl_table, speed_table, args, bandwidth):
     return f"""
 {header(command)}
 
 `CausalLM.quantize("int8")` is Keras's int8 scheme: every `Dense` kernel and the (tied)
 token embedding as int8 with one float32 scale per output channel / vocabulary row,
-activations quantized per token on the fly; "weight-only" passes
+activations quantized per token on the fly (tfllm's `Dense` stores its int8 kernel
+`(units, input_dim)`, so products contract its minor axis); "weight-only" passes
 `Int8QuantizationConfig(activation_quantizer=None)`. bf16 = the model rebuilt with
 `dtype="bfloat16"` (weights, activations and KV cache in bfloat16). Norms, biases and
 position tables stay float32.
@@ -159,8 +171,12 @@ above 2% is marked.
 {ppl_table}
 
 Speed: a GPT-2-small size (12 layers, d 768, vocab 50257, random weights), greedy,
-prompt 32, {args.new} new tokens, `tfllm.generation.generate` without XLA; {args.rounds}
-interleaved rounds after one untimed call; medians; speed = float32 time / this time.
+prompt 32, {args.new} new tokens, `tfllm.generation.generate` without and with XLA
+(`jit_compile=True`); {args.rounds} interleaved rounds after one untimed call; medians;
+speed = float32 (no XLA) time / this time. Bounds as in "Generation speed": bytes one
+step reads (weights in their stored dtype but the position table, the KV cache of
+{32 + args.new} positions) / copy bandwidth {bandwidth / 1e9:.1f} GB/s; × float32 bound =
+ms/token over the float32 model's bound, × own bound = over this model's.
 
 {speed_table}
 """
