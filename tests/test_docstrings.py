@@ -56,6 +56,7 @@ MODULES = [
     "tfllm.evaluation",
     "tfllm.finetuning",
     "tfllm.generation",
+    "tfllm.internals",
     "tfllm.io",
     "tfllm.layers.attention",
     "tfllm.layers.dense",

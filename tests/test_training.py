@@ -16,7 +16,6 @@ import tensorflow as tf
 from tests import train_tiny
 from tests.workers import run_workers
 from tfllm.config import RunConfig
-from tfllm.layers.dense import KERAS_HOOKS, control_flow_util, xla
 from tfllm.trainer import Trainer
 from tfllm.training import (
     AdamW,
@@ -437,22 +436,3 @@ def test_a_checkpoint_without_dropout_state_still_resumes(tmp_path):
     tf.train.CheckpointManager(old, str(tmp_path / "checkpoints"), 2).save(checkpoint_number=0)
     trainer.fit(train_tiny.dataset_fn)
     assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-4")
-
-
-def test_the_keras_optimizer_hooks_tfllm_overrides_still_exist():
-    """`ClipReducedGradients` and `LayerwiseLearningRates` override private Keras hooks: if
-    Keras renames them, the overrides would silently stop applying."""
-    for hook in ("_clip_gradients", "_all_reduce_sum_gradients", "_apply_weight_decay"):
-        assert callable(getattr(keras.optimizers.AdamW, hook, None)), hook
-        assert callable(getattr(keras.optimizers.Lamb, hook, None)), hook
-
-
-def test_the_private_framework_hooks_the_int8_layers_use_still_exist():
-    """`tfllm.layers.Dense` and `TokenEmbedding` override private Keras int8 methods and
-    call TensorFlow's `xla.optimization_barrier` and `GraphOrParentsInXlaContext`: a
-    rename would bypass or break them."""
-    for cls, hooks in KERAS_HOOKS.items():
-        for hook in hooks:
-            assert callable(getattr(cls, hook, None)), (cls.__name__, hook)
-    assert callable(xla.optimization_barrier)
-    assert callable(control_flow_util.GraphOrParentsInXlaContext)

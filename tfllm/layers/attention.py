@@ -3,8 +3,8 @@
 import keras
 import tensorflow as tf
 from keras import ops
-from tensorflow.python.ops.control_flow_util import GraphOrParentsInXlaContext
 
+from tfllm.internals import in_xla_context
 from tfllm.layers.dense import Dense
 from tfllm.layers.dropout import Dropout
 from tfllm.layers.embedding import RotaryEmbedding
@@ -68,7 +68,7 @@ def write_cache(cache, new, index):
     op avoids that (attention of 4 layers, B 8, S 96: 1.19 against 1.67 ms per step).
     """
     new = ops.transpose(ops.cast(new, cache.dtype), (0, 2, 1, 3))
-    if GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+    if in_xla_context():
         return ops.slice_update(cache, (0, 0, index, 0), new)
     start = ops.cast(index, "int32")
     return tf.raw_ops.TensorStridedSliceUpdate(
