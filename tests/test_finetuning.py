@@ -500,6 +500,12 @@ def test_gpt_freezing_and_layerwise_decay(files, tmp_path, start):
 def test_gpt_runs_refuse_what_they_cannot_do(files):
     with pytest.raises(ValueError, match="needs a BertBackbone.*reads left to right"):
         finetune(finetune_config(files, "token_classification", model="gpt_tiny"), verbose=False)
+    pair = {"text": "good", "text_pair": "film", "label": "pos"}
+    (files / "pairs.jsonl").write_text(json.dumps(pair) + "\n")
+    pairs = finetune_config(files, model="gpt_tiny", train_files=(str(files / "pairs.jsonl"),),
+                            validation_files=(str(files / "pairs.jsonl"),))  # fmt: skip
+    with pytest.raises(ValueError, match="Text pairs .* need a BERT.*GPTClassifier reads single"):
+        finetune(pairs, verbose=False)
     assert not (files / "runs").exists()
     with pytest.raises(ValueError, match="`pooling` must be 'cls' or 'mean'. Received: 'last'"):
         build_task(finetune_config(files, pooling="last"), tiny_bert(), ("neg", "pos"))

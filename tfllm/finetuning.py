@@ -284,6 +284,11 @@ def _finetune(config: RunConfig, data: labelled.LabelledData, verbose: bool) -> 
     with strategy.scope():  # every variable mirrored, the backbone's included
         backbone, tokenizer = build_backbone(config)
         model, monitor = build_task(config, backbone, data.label_names)
+    if isinstance(model, GPTClassifier) and isinstance(data.train[0][0], tuple):
+        raise ValueError(
+            "Text pairs (`text_pair`) need a BERT, which packs them as `[CLS] a [SEP] b "
+            "[SEP]`; a GPTClassifier reads single texts. Received: pairs and a GPTBackbone"
+        )
     run_dir = config.run_dir
     trainer = Trainer(
         model,
