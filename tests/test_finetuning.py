@@ -497,6 +497,22 @@ def test_gpt_freezing_and_layerwise_decay(files, tmp_path, start):
     )
 
 
+def test_gpt_lora_run_from_a_causal_lm_file_saves_merged_weights(files, tmp_path):
+    start = CausalLM(GPTBackbone.from_preset("gpt_tiny", vocabulary_size=len(VOCABULARY)))
+    start.save(tmp_path / "lm.keras")  # no tokenizer/ beside it: `tokenizer_path`
+    config = finetune_config(files, init_from=str(tmp_path / "lm.keras"), lora_rank=2, steps=4,
+                             log_every=4, warmup_steps=0, max_train_examples=32)  # fmt: skip
+    assert finetune(config, verbose=False)["steps"] == 4
+    model = keras.saving.load_model(files / "runs" / "classification" / "model.keras")
+    assert type(model) is GPTClassifier and model.backbone.lora_rank is None  # merged
+    moved = set()
+    for ours, theirs in zip(model.backbone.weights, start.backbone.weights, strict=True):
+        if not np.array_equal(numpy(ours), numpy(theirs)):
+            moved.add(ours.path.rsplit("/", 1)[0])
+    # Only the adapted projections (merged into their kernels) moved.
+    assert moved and all(p.endswith(("/qkv", "/output", "/intermediate")) for p in moved), moved
+
+
 def test_gpt_runs_refuse_what_they_cannot_do(files):
     with pytest.raises(ValueError, match="needs a BertBackbone.*reads left to right"):
         finetune(finetune_config(files, "token_classification", model="gpt_tiny"), verbose=False)
