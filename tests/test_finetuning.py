@@ -6,26 +6,45 @@ import random
 import sys
 
 import keras
+import keras_hub
 import numpy as np
 import pytest
 import tensorflow as tf
+from sklearn import metrics as sk
 
 from pipelines import labelled
+from tests.helpers import softmax
+from tests.test_convert import hf_gpt2_folder
+from tests.test_export import call
+from tests.test_presets import MERGES, byte_level_vocabulary
 from tests.workers import run_workers
 from tfllm import assets
 from tfllm.config import RunConfig
 from tfllm.finetuning import (
+    CLASSIFIERS,
     build_backbone,
     build_task,
     finetune,
     layerwise_learning_rate_multipliers,
     load_starting_point,
 )
-from tfllm.models import BertBackbone, GPTBackbone, MaskedLM, TextClassifier, TokenClassifier
-from tfllm.preprocessing import BertPreprocessor, TokenClassificationPreprocessor
+from tfllm.models import (
+    BertBackbone,
+    CausalLM,
+    GPTBackbone,
+    GPTClassifier,
+    MaskedLM,
+    TextClassifier,
+    TokenClassifier,
+)
+from tfllm.preprocessing import (
+    BertPreprocessor,
+    GPTClassifierPreprocessor,
+    TokenClassificationPreprocessor,
+)
 from tfllm.tokenizers import WordPieceTokenizer, save_tokenizer
 from tfllm.training import LayerwiseAdamW, make_optimizer, make_strategy
-from tools import train
+from tools import evaluate, export, train
 
 FILLER = ["the", "a", "of", "movie", "film", "story", "plot", "actor", "scene", "time", "day",
           "night", "one", "two", "red", "blue"]  # fmt: skip
@@ -415,9 +434,6 @@ def test_starting_point_errors(files, tmp_path):
         load_starting_point(str(tmp_path / "nowhere"))
     with pytest.raises(ValueError, match="must be a run folder"):
         load_starting_point(str(files / "vocab"))
-    GPTBackbone.from_preset("gpt_tiny").save(tmp_path / "gpt.keras")
-    with pytest.raises(ValueError, match="holds a GPTBackbone"):
-        load_starting_point(str(tmp_path / "gpt.keras"))
     tiny_bert().save(tmp_path / "bert.keras")  # no tokenizer/ beside it
     config = finetune_config(files, init_from=str(tmp_path / "bert.keras"), tokenizer_path="")
     with pytest.raises(ValueError, match="tokenizer_path"):
@@ -438,6 +454,168 @@ def test_labels_outside_num_classes_fail_before_training(files):
     with pytest.raises(ValueError, match="outside"):
         labelled.check_labels([[0, 1], [5]], 5)
     assert not (files / "runs").exists()
+
+
+# --- 3b. GPT classification runs ----------------------------------------------------------
+
+
+def gpt_inputs(texts, sequence_length=16) -> dict[str, np.ndarray]:
+    x = GPTClassifierPreprocessor(WordPieceTokenizer(VOCABULARY), sequence_length)(texts)
+    return {key: value.numpy() for key, value in x.items()}
+
+
+@pytest.mark.parametrize("start", ["gpt_tiny", "llama_tiny.keras"])
+def test_gpt_freezing_and_layerwise_decay(files, tmp_path, start):
+    """From a random preset and from a CausalLM `.keras` file (RoPE: no position weights)."""
+    config = finetune_config(files, model=start, freeze_layers=1)
+    if start.endswith(".keras"):
+        lm = CausalLM(GPTBackbone.from_preset("llama_tiny", vocabulary_size=len(VOCABULARY)))
+        lm.save(tmp_path / start)
+        config = config.replace(model="gpt_tiny", init_from=str(tmp_path / start))
+    backbone, _ = build_backbone(config)
+    assert isinstance(backbone, GPTBackbone) and backbone.vocabulary_size == len(VOCABULARY)
+    model, monitor = build_task(config, backbone, ("neg", "pos"))
+    assert type(model) is GPTClassifier and monitor == "val_accuracy"
+    assert model.pooling == "last"  # `pooling="cls"`: a GPT's summary is its last token
+    frozen = ("token_embedding", "position_embedding", "transformer_layer_0")
+    trainable = {v.path for v in model.trainable_variables}
+    assert not any(p.startswith(frozen) for p in trainable)
+    assert {p.split("/")[0] for p in trainable} == {"transformer_layer_1", "final_norm", "logits"}
+    before = {v.path: numpy(v).copy() for v in model.weights}
+    model.train_on_batch(gpt_inputs(["good film", "bad"]), np.array([1, 0]))
+    for v in model.weights:
+        assert (not np.array_equal(numpy(v), before[v.path])) == (v.path in trainable), v.path
+    # Layer-wise decay over the GPT's depth: embeddings 3, blocks 2 and 1, the rest 0.
+    config = config.replace(freeze_layers=0, pooling="mean")
+    model, _ = build_task(config, build_backbone(config)[0], ("neg", "pos"))
+    assert model.pooling == "mean"
+    multipliers = layerwise_learning_rate_multipliers(model, 0.5)
+    assert multipliers == {v.path: expected_multiplier(v.path) for v in model.trainable_variables}
+    assert multipliers["token_embedding/embeddings"] == 0.125
+    assert multipliers["logits/kernel"] == 1.0 and any(
+        p.startswith("final_norm") for p in multipliers
+    )
+
+
+def test_gpt_lora_run_from_a_causal_lm_file_saves_merged_weights(files, tmp_path):
+    start = CausalLM(GPTBackbone.from_preset("gpt_tiny", vocabulary_size=len(VOCABULARY)))
+    start.save(tmp_path / "lm.keras")  # no tokenizer/ beside it: `tokenizer_path`
+    config = finetune_config(files, init_from=str(tmp_path / "lm.keras"), lora_rank=2, steps=4,
+                             log_every=4, warmup_steps=0, max_train_examples=32)  # fmt: skip
+    assert finetune(config, verbose=False)["steps"] == 4
+    model = keras.saving.load_model(files / "runs" / "classification" / "model.keras")
+    assert type(model) is GPTClassifier and model.backbone.lora_rank is None  # merged
+    moved = set()
+    for ours, theirs in zip(model.backbone.weights, start.backbone.weights, strict=True):
+        if not np.array_equal(numpy(ours), numpy(theirs)):
+            moved.add(ours.path.rsplit("/", 1)[0])
+    # Only the adapted projections (merged into their kernels) moved.
+    assert moved and all(p.endswith(("/qkv", "/output", "/intermediate")) for p in moved), moved
+
+
+def test_gpt_runs_refuse_what_they_cannot_do(files):
+    with pytest.raises(ValueError, match="needs a BertBackbone.*reads left to right"):
+        finetune(finetune_config(files, "token_classification", model="gpt_tiny"), verbose=False)
+    pair = {"text": "good", "text_pair": "film", "label": "pos"}
+    (files / "pairs.jsonl").write_text(json.dumps(pair) + "\n")
+    pairs = finetune_config(files, model="gpt_tiny", train_files=(str(files / "pairs.jsonl"),),
+                            validation_files=(str(files / "pairs.jsonl"),))  # fmt: skip
+    with pytest.raises(ValueError, match="Text pairs .* need a BERT.*GPTClassifier reads single"):
+        finetune(pairs, verbose=False)
+    assert not (files / "runs").exists()
+    with pytest.raises(ValueError, match="`pooling` must be 'cls' or 'mean'. Received: 'last'"):
+        build_task(finetune_config(files, pooling="last"), tiny_bert(), ("neg", "pos"))
+    with pytest.raises(
+        ValueError, match=r"`model` must be one of \[.*'gpt_tiny'.*Received: 'gpt2_medium'"
+    ):
+        build_backbone(finetune_config(files, model="gpt2_medium"))
+    assert {task.backbone_cls for task in CLASSIFIERS} == {BertBackbone, GPTBackbone}
+
+
+@pytest.mark.slow
+def test_gpt_classification_run_trains_evaluates_exports_and_reloads(files):
+    """A GPT pretraining run -> `tools.train --task=classification` -> `tools.evaluate run`
+    (checked with scikit-learn) -> `tools.export` (`classify` on raw strings against a
+    float64 softmax of the reloaded model's logits) -> `GPTClassifier.from_preset`."""
+    corpus = files / "corpus.txt"
+    corpus.write_text("\n\n".join(r["text"] for r in sentiment_rows(200, 2)) + "\n")
+    common = [f"--tokenizer_path={files / 'vocab'}", "--sequence_length=16",
+              f"--output_dir={files / 'runs'}", "--quiet"]  # fmt: skip
+    train.main([
+        "--task=causal_lm", f"--train_files={corpus}", f"--validation_files={corpus}",
+        "--batch_size=4", "--steps=2", "--log_every=1", "--checkpoint_every=2",
+        "--validation_steps=1", "--name=gpt", *common,
+    ])  # fmt: skip
+    pretrained = files / "runs" / "gpt"
+    summary = train.main([
+        "--task=classification", f"--init_from={pretrained}", "--label_names=neg,pos",
+        f"--train_files={files}/train.jsonl", f"--test_files={files}/test.jsonl",
+        "--batch_size=16", "--steps=40", "--log_every=20", "--learning_rate=2e-3",
+        "--name=gpt_sentiment", *common,
+    ])  # fmt: skip
+    assert summary["test_accuracy"] > summary["baseline_accuracy"] + 0.25, summary
+    # The classifier started from the pretraining run's weights.
+    backbone, _ = load_starting_point(str(pretrained))
+    lm = keras.saving.load_model(pretrained / "model.keras")
+    for ours, theirs in zip(backbone.weights, lm.backbone.weights, strict=True):
+        np.testing.assert_array_equal(numpy(ours), numpy(theirs))
+
+    run = files / "runs" / "gpt_sentiment"
+    model = keras.saving.load_model(run / "model.keras")
+    assert type(model) is GPTClassifier and model.pooling == "last"
+    rows = [json.loads(line) for line in (files / "test.jsonl").read_text().splitlines()]
+    texts, labels = [r["text"] for r in rows], [("neg", "pos").index(r["label"]) for r in rows]
+    logits = model.predict(texts, batch_size=64, verbose=0)
+    report = evaluate.main(["run", str(run)])
+    assert report["split"] == "test" and report["examples"] == len(rows)
+    predicted = logits.argmax(-1)
+    assert report["scores"]["accuracy"] == pytest.approx(sk.accuracy_score(labels, predicted))
+    assert report["scores"]["accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-6)
+    macro_f1 = sk.f1_score(labels, predicted, average="macro", zero_division=0)
+    assert report["scores"]["macro"]["f1"] == pytest.approx(macro_f1)
+
+    path = export.main([str(run), "--base", str(files / "exports"), "--no_validate"])
+    out = call(path, "classify", text=texts[:8])
+    probabilities = softmax(logits[:8].astype(np.float64))
+    np.testing.assert_allclose(out["probabilities"], probabilities, atol=1e-5)
+    assert [s.decode() for s in out["labels"]] == [
+        ("neg", "pos")[i] for i in probabilities.argmax(-1)
+    ]
+    preset = GPTClassifier.from_preset(run)  # the run folder as a preset: the whole task
+    np.testing.assert_allclose(preset.predict(texts[:8], verbose=0), logits[:8], atol=1e-6)
+
+
+def test_gpt_classification_from_a_hugging_face_gpt2_folder(files, tmp_path):
+    """BPE tokenizer (`<|endoftext|>` as BOS / EOS); frozen layers keep the folder's weights."""
+    vocabulary = byte_level_vocabulary()
+    source = keras_hub.models.GPT2Backbone(
+        vocabulary_size=len(vocabulary), num_layers=2, num_heads=2, hidden_dim=16,
+        intermediate_dim=64, max_sequence_length=64,
+    )  # fmt: skip
+    folder = hf_gpt2_folder(tmp_path / "gpt2", source)
+    (folder / "vocab.json").write_text(json.dumps(vocabulary))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(MERGES) + "\n")
+    config = finetune_config(files, init_from=str(folder), tokenizer_path="", freeze_layers=1,
+                             sequence_length=32, batch_size=4, steps=2, log_every=2,
+                             max_train_examples=8, warmup_steps=0)  # fmt: skip
+    summary = finetune(config, verbose=False)
+    assert summary["steps"] == 2 and "test_accuracy" in summary
+    model = keras.saving.load_model(files / "runs" / "classification" / "model.keras")
+    assert type(model) is GPTClassifier
+    eos = vocabulary["<|endoftext|>"]
+    x = model.preprocessor(["good film"])
+    ids = x["token_ids"].numpy()[0][x["padding_mask"].numpy()[0] > 0]
+    assert ids[0] == ids[-1] == eos  # the last real token, the one read, is EOS
+    start, _ = load_starting_point(str(folder))
+    for name in ("token_embedding", "position_embedding", "transformer_layer_0"):
+        for a, b in zip(model.backbone.get_layer(name).weights, start.get_layer(name).weights,
+                        strict=True):  # fmt: skip
+            np.testing.assert_array_equal(numpy(a), numpy(b), err_msg=name)
+    moved = model.backbone.get_layer("transformer_layer_1").weights
+    assert any(
+        not np.array_equal(numpy(a), numpy(b))
+        for a, b in zip(moved, start.get_layer("transformer_layer_1").weights, strict=True)
+    )
 
 
 # --- 4. Config ----------------------------------------------------------------------------------

