@@ -14,7 +14,7 @@ A process that loads the export needs only TensorFlow and tensorflow-text, and m
 `import tensorflow_text` first (it registers the tokenizer ops).
 
 Signatures by model: `TextClassifier` -> `classify` (default), `embed`;
-`GPTClassifier` -> `classify`; `TokenClassifier` -> `tag` (default), `embed`;
+`GPTClassifier` -> `classify`, `embed`; `TokenClassifier` -> `tag` (default), `embed`;
 `MaskedLM` / `BertPretrainer` -> `fill_mask` (default), `embed`; `BertBackbone` ->
 `embed`; `CausalLM` -> `generate` (default), `generate_with_options`.
 """
@@ -141,8 +141,7 @@ def build_endpoints(
         endpoints["tag"] = signatures.tag_endpoint(model, tagger)
     elif isinstance(model, (MaskedLM, BertPretrainer)):
         endpoints["fill_mask"] = signatures.fill_mask_endpoint(model, preprocessor, top_k)
-    if isinstance(backbone, BertBackbone):
-        endpoints["embed"] = signatures.embed_endpoint(backbone, preprocessor)
+    endpoints["embed"] = signatures.embed_endpoint(backbone, preprocessor)
     return endpoints
 
 

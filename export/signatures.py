@@ -7,7 +7,7 @@ TensorFlow and tensorflow-text ops, so a SavedModel of them needs nothing else.
 | signature | inputs | outputs |
 |---|---|---|
 | `classify` | `text` | `label_ids` (B,), `labels` (B,), `probabilities` (B, C), `classes` (B, C) |
-| `embed` | `text` | `pooled_output`, `mean_pooled_output` (B, d) |
+| `embed` | `text` | `pooled_output` (BERT: pooled `[CLS]`; GPT: last real token), `mean_pooled_output` (B, d) |
 | `fill_mask` | `text` with `[MASK]`s | `num_masks` (B,), `mask_positions` (B, M), `token_ids`, `tokens`, `scores` (B, M, k) |
 | `tag` | `text` | per word (B, W): `words`, `word_starts`, `word_ends`, `tags`, `tag_scores`; per entity (B, E): `entities`, `entity_types`, `entity_starts`, `entity_ends`; `num_words`, `num_entities` (B,) |
 | `generate` | `text` | `text` (B,), `token_ids` (B, N), `num_tokens` (B,) |
@@ -22,6 +22,8 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 
 from tfllm.generation import PAD_ID, Sampler, _is_stop, decode
+from tfllm.models import BertBackbone
+from tfllm.models.gpt_classifier import pool
 from tfllm.preprocessing import BertPreprocessor, TokenClassificationPreprocessor
 from tfllm.preprocessing.base import pack_segments, pad, special_token_id
 
@@ -57,16 +59,27 @@ def classify_endpoint(model, preprocessor, label_names):
     return classify, [TEXT]
 
 
-def embed_endpoint(backbone, preprocessor: BertPreprocessor):
-    """`embed(text)`: the `[CLS]` pooled vector and the mean of the real tokens' vectors."""
+def embed_endpoint(backbone, preprocessor):
+    """`embed(text)`: `pooled_output`, a BERT's pooled `[CLS]` vector or a GPT's vector at
+    the last real token (the only one that has seen the whole text, which a
+    `GPTClassifier` reads), and `mean_pooled_output`, the mean of the real tokens' vectors.
+
+    `preprocessor`: a `BertPreprocessor` for a `BertBackbone`, a
+    `GPTClassifierPreprocessor` for a `GPTBackbone`.
+    """
 
     def embed(text):
         x = preprocessor(text)
-        outputs = backbone(x, training=False)
-        sequence = _float32(outputs["sequence_output"])  # (B, T, d)
-        mask = _float32(x["padding_mask"])[:, :, None]
-        mean = tf.reduce_sum(sequence * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, 1), 1.0)
-        return {"pooled_output": _float32(outputs["pooled_output"]), "mean_pooled_output": mean}
+        mask = x["padding_mask"]
+        if isinstance(backbone, BertBackbone):
+            outputs = backbone(x, training=False)
+            sequence = _float32(outputs["sequence_output"])  # (B, T, d)
+            pooled = _float32(outputs["pooled_output"])
+        else:  # a GPT; a packed one reads each row as one document
+            inputs = dict(x, segment_ids=mask) if backbone.packed_sequences else x
+            sequence = _float32(backbone(inputs, training=False))  # (B, T, d)
+            pooled = pool(sequence, mask, "last")
+        return {"pooled_output": pooled, "mean_pooled_output": pool(sequence, mask, "mean")}
 
     return embed, [TEXT]
 

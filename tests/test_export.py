@@ -183,9 +183,11 @@ def test_check_export_detects_a_difference(classifier_export, tokenizer):
         check_export(path, requests, {"classify": expected})
 
 
-def test_gpt_classifier_classify_matches_predict(tmp_path, tokenizer):
+def test_gpt_classifier_classify_and_embed_match_the_model(tmp_path, tokenizer):
     """The attached preprocessor's settings (no BOS, 8 tokens: the first text is cut) are
-    the export's; `predict` logits through a float64 softmax are the reference."""
+    the export's; `predict` logits through a float64 softmax are the reference; `embed`'s
+    vectors are the backbone's at each text's last real token (which the head reads) and
+    the mean over its real tokens."""
     keras.utils.set_random_seed(4)
     backbone = GPTBackbone.from_preset(
         "gpt_tiny", vocabulary_size=len(VOCABULARY), max_sequence_length=LENGTH, dropout=0.0
@@ -194,15 +196,27 @@ def test_gpt_classifier_classify_matches_predict(tmp_path, tokenizer):
     model = GPTClassifier(backbone, len(LABELS), dropout=0.0, preprocessor=preprocessor)
     randomize_weights(model.output_dense, seed=5)  # a head far from zero
     path = export_saved_model(model, tmp_path, "gpt_sentiment", label_names=LABELS, validate=False)
-    assert sorted(load(path).signatures) == ["classify", "serving_default"]
+    assert sorted(load(path).signatures) == ["classify", "embed", "serving_default"]
     out = call(path, "classify", text=TEXTS)
-    probabilities = softmax(model.predict(TEXTS, verbose=0).astype(np.float64))
+    logits = model.predict(TEXTS, verbose=0).astype(np.float64)
+    probabilities = softmax(logits)
     np.testing.assert_allclose(out["probabilities"], probabilities, atol=1e-5)
     assert out["label_ids"].tolist() == probabilities.argmax(-1).tolist()
     assert [s.decode() for s in out["labels"]] == [LABELS[i] for i in probabilities.argmax(-1)]
     assert out["classes"].astype(str).tolist() == [LABELS] * len(TEXTS)
     default = call(path, "serving_default", text=TEXTS)
     np.testing.assert_array_equal(default["probabilities"], out["probabilities"])
+
+    x = preprocessor(tf.constant(TEXTS))
+    sequence = keras.ops.convert_to_numpy(backbone(x)).astype(np.float64)  # (B, T, d)
+    mask = x["padding_mask"].numpy().astype(bool)
+    last = np.stack([row[m][-1] for row, m in zip(sequence, mask, strict=True)])
+    mean = np.stack([row[m].mean(0) for row, m in zip(sequence, mask, strict=True)])
+    embedded = call(path, "embed", text=TEXTS)
+    np.testing.assert_allclose(embedded["pooled_output"], last, atol=1e-5)
+    np.testing.assert_allclose(embedded["mean_pooled_output"], mean, atol=1e-5)
+    kernel, bias = (w.numpy() for w in model.output_dense.weights)  # the head reads it
+    np.testing.assert_allclose(embedded["pooled_output"] @ kernel + bias, logits, atol=1e-4)
 
 
 def test_fill_mask_top_k_matches_numpy(tmp_path, tokenizer, bert):

@@ -16,6 +16,28 @@ from tfllm.preprocessing import GPTClassifierPreprocessor
 POOLINGS = ("last", "mean")
 
 
+def pool(sequence, padding_mask, pooling: str):
+    """One vector per row of `sequence` `(B, T, d)`: `"last"`, the vector at the last 1 of
+    `padding_mask` `(B, T)` (right padding); `"mean"`, the mean over its 1s. -> `(B, d)`.
+
+    Example:
+    >>> import numpy as np
+    >>> sequence = np.arange(12, dtype="float32").reshape(1, 4, 3)
+    >>> keras.ops.convert_to_numpy(pool(sequence, np.array([[1, 1, 0, 0]]), "last"))
+    array([[3., 4., 5.]], dtype=float32)
+    >>> keras.ops.convert_to_numpy(pool(sequence, np.array([[1, 1, 0, 0]]), "mean"))
+    array([[1.5, 2.5, 3.5]], dtype=float32)
+    """
+    mask = ops.cast(padding_mask, "int32")  # (B, T)
+    if pooling == "last":
+        positions = ops.cumsum(ops.ones_like(mask), axis=1) - 1  # (B, T): 0, 1, ...
+        last = ops.max(positions * mask, axis=1)  # (B,)
+        return ops.take_along_axis(sequence, last[:, None, None], axis=1)[:, 0]
+    weights = ops.cast(mask, sequence.dtype)[:, :, None]  # (B, T, 1)
+    count = ops.maximum(ops.sum(weights, axis=1), 1.0)  # (B, 1)
+    return ops.sum(sequence * weights, axis=1) / count
+
+
 @keras.saving.register_keras_serializable(package="tfllm")
 class GPTClassifier(Task):
     """Text classification: `GPTBackbone` + pooling + dropout + `Dense`.
@@ -78,15 +100,7 @@ class GPTClassifier(Task):
         if backbone.packed_sequences:
             backbone_inputs["segment_ids"] = inputs["padding_mask"]
         sequence = backbone(backbone_inputs)  # (B, T, d)
-        mask = ops.cast(inputs["padding_mask"], "int32")  # (B, T)
-        if pooling == "last":
-            positions = ops.cumsum(ops.ones_like(mask), axis=1) - 1  # (B, T): 0, 1, ...
-            last = ops.max(positions * mask, axis=1)  # (B,)
-            pooled = ops.take_along_axis(sequence, last[:, None, None], axis=1)[:, 0]
-        else:
-            weights = ops.cast(mask, sequence.dtype)[:, :, None]  # (B, T, 1)
-            count = ops.maximum(ops.sum(weights, axis=1), 1.0)  # (B, 1)
-            pooled = ops.sum(sequence * weights, axis=1) / count
+        pooled = pool(sequence, inputs["padding_mask"], pooling)
         output_dropout, output_dense = classification_head(backbone, num_classes, dropout)
         super().__init__(
             inputs=inputs,
