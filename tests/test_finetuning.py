@@ -354,21 +354,25 @@ def test_a_killed_finetune_resumes_to_the_same_weights_history_and_best(
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("init_from", [False, True], ids=["new", "pretrained"])
-def test_mirrored_finetuning_equals_one_device(files, tmp_path, init_from):
-    """Two replicas (the two logical CPUs) take the same steps as one device."""
+@pytest.mark.parametrize("start", ["new", "pretrained", "gpt"])
+def test_mirrored_finetuning_equals_one_device(files, tmp_path, start):
+    """Two replicas (the two logical CPUs) take the same steps as one device: a new BERT,
+    a saved one, a new GPT (`GPTClassifier`)."""
     assert make_strategy("mirrored").num_replicas_in_sync == 2
     changes = dict(steps=4, log_every=4, warmup_steps=2, model_overrides={"dropout": 0.0},
                    max_train_examples=64)  # fmt: skip
-    if init_from:
+    if start == "pretrained":
         backbone = tiny_bert()
         backbone.save(tmp_path / "backbone.keras")
         changes["init_from"] = str(tmp_path / "backbone.keras")
+    elif start == "gpt":
+        changes["model"] = "gpt_tiny"
     weights = []
     for strategy in ("default", "mirrored"):
         finetune(finetune_config(files, strategy=strategy, name=strategy, **changes), verbose=False)
         model = keras.saving.load_model(files / "runs" / strategy / "model.keras")
         weights.append(model.get_weights())
+    assert type(model).__name__ == ("GPTClassifier" if start == "gpt" else "TextClassifier")
     assert max(float(np.abs(a - b).max()) for a, b in zip(*weights, strict=True)) < 1e-5
 
 

@@ -161,6 +161,20 @@ def test_unknown_strategy():
         make_strategy("horovod")
 
 
+def test_mirrored_runs_of_models_of_other_shapes_share_a_process():
+    """A second `MirroredStrategy` would number its all-reduces from the start again and
+    TensorFlow would match them with the first one's: the second model fails with "Shape
+    mismatch in the collective instance" (tensorflow/tensorflow#62790)."""
+    for units in (3, 5):
+        strategy = make_strategy("mirrored")
+        assert strategy.num_replicas_in_sync == 2
+        with strategy.scope():
+            model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(units)])
+            model.compile("sgd", "mse")
+        history = model.fit(np.ones((8, 4)), np.ones((8, units)), batch_size=4, verbose=0)
+        assert np.isfinite(history.history["loss"]).all()
+
+
 def test_gradient_accumulation_equals_one_step_on_the_whole_batch(tmp_path):
     """Two accumulated half batches (SGD, mean loss) move the weights as one full batch."""
     x = np.random.default_rng(0).normal(size=(8, 3)).astype("float32")

@@ -3,6 +3,7 @@
 The loop that uses them is `tfllm.trainer.Trainer`.
 """
 
+import functools
 import json
 import math
 import os
@@ -14,11 +15,17 @@ NO_WEIGHT_DECAY = ["bias", "gamma", "beta", "scale"]  # norms and biases (BERT p
 
 
 def make_strategy(name: str = "default") -> tf.distribute.Strategy:
-    """`default`, `mirrored` (all local GPUs, else CPU), `multi_worker` (TF_CONFIG), `tpu`."""
+    """`default`, `mirrored` (all local GPUs, else CPU), `multi_worker` (TF_CONFIG), `tpu`.
+
+    `mirrored` is one strategy per process: a second `MirroredStrategy` numbers its
+    collective all-reduces from the start again, and TensorFlow then matches them with
+    the first one's (a later run of another model fails with "Shape mismatch in the
+    collective instance"; tensorflow/tensorflow#62790).
+    """
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        return _mirrored_strategy()
     if name == "multi_worker":
         check_tf_config(os.environ.get("TF_CONFIG", ""))
         # RING collectives work on CPU as well as GPU (NCCL is GPU only).
@@ -34,6 +41,11 @@ def make_strategy(name: str = "default") -> tf.distribute.Strategy:
     raise ValueError(
         f"`strategy` must be default, mirrored, multi_worker or tpu. Received: {name!r}"
     )
+
+
+@functools.cache
+def _mirrored_strategy() -> tf.distribute.MirroredStrategy:
+    return tf.distribute.MirroredStrategy()
 
 
 def check_tf_config(text: str) -> dict:
