@@ -16,7 +16,7 @@ from pipelines import labelled
 from tests.helpers import softmax
 from tests.test_convert import hf_gpt2_folder
 from tests.test_export import call
-from tests.test_presets import MERGES, byte_level_vocabulary
+from tests.test_presets import byte_level_vocabulary, write_byte_level_tokenizer
 from tests.workers import run_workers
 from tfllm import assets
 from tfllm.config import RunConfig
@@ -597,8 +597,7 @@ def test_gpt_classification_from_a_hugging_face_gpt2_folder(files, tmp_path):
         intermediate_dim=64, max_sequence_length=64,
     )  # fmt: skip
     folder = hf_gpt2_folder(tmp_path / "gpt2", source)
-    (folder / "vocab.json").write_text(json.dumps(vocabulary))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(MERGES) + "\n")
+    write_byte_level_tokenizer(folder)
     config = finetune_config(files, init_from=str(folder), tokenizer_path="", freeze_layers=1,
                              sequence_length=32, batch_size=4, steps=2, log_every=2,
                              max_train_examples=8, warmup_steps=0)  # fmt: skip

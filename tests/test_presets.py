@@ -62,6 +62,12 @@ def byte_level_vocabulary() -> dict[str, int]:
     return vocabulary
 
 
+def write_byte_level_tokenizer(folder):
+    """`byte_level_vocabulary()` and `MERGES` as Hugging Face `vocab.json` + `merges.txt`."""
+    (folder / "vocab.json").write_text(json.dumps(byte_level_vocabulary()))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(MERGES) + "\n")
+
+
 def ids(tokenizer, texts) -> list[list[int]]:
     return [list(map(int, row)) for row in tokenizer.tokenize(texts).to_list()]
 
@@ -170,8 +176,7 @@ def test_huggingface_gpt2(tmp_path):
         intermediate_dim=64, **{**TINY, "vocabulary_size": len(vocabulary)}
     )
     folder = hf_gpt2_folder(tmp_path / "gpt2", randomize(source))
-    (folder / "vocab.json").write_text(json.dumps(vocabulary))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(MERGES) + "\n")
+    write_byte_level_tokenizer(folder)
     parts = read_preset(folder)
     assert (parts.format, parts.task) == ("huggingface", None)
     assert isinstance(parts.backbone, GPTBackbone)

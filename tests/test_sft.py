@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from pipelines.sft import read_sft_jsonl, sft_dataset_fn
-from tests.test_presets import MERGES, byte_level_vocabulary, hf_gpt2_folder
+from tests.test_presets import byte_level_vocabulary, hf_gpt2_folder, write_byte_level_tokenizer
 from tfllm.config import RunConfig
 from tfllm.losses import SparseCategoricalCrossentropy
 from tfllm.models import CausalLM, GPTBackbone
@@ -398,8 +398,7 @@ def test_sft_run_without_packing_from_a_hugging_face_gpt2(tmp_path):
         intermediate_dim=64, max_sequence_length=64,
     )  # fmt: skip
     folder = hf_gpt2_folder(tmp_path / "gpt2", source)
-    (folder / "vocab.json").write_text(json.dumps(vocabulary))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(MERGES) + "\n")
+    write_byte_level_tokenizer(folder)
     args = sft_args(tmp_path, folder, "gpt2_sft", packed="false", steps=2, log_every=1)
     summary = train.main([*args, "--checkpoint_every=2"])
     assert summary["step"] == 2 and np.isfinite(summary["loss"])
